@@ -69,6 +69,57 @@ def train(
     console.print(f"[green]done[/green]: kept model in {out / 'model'}")
 
 
+@app.command("eval")
+def eval_(
+    model_arg: Optional[str] = typer.Argument(None, metavar="[MODEL]", help="Model or run dir (same as --model)."),
+    model: Optional[str] = typer.Option(None, help="smollm2-135m-instruct, a HF id, a folder, a .gguf or a run dir."),
+    bench: list[str] = typer.Option(["advbench"], help="advbench, hexphi, jbb, jbb-benign, xstest, or a prompts file. Repeatable."),
+    utility: bool = typer.Option(False, help="Also held-out loss/perplexity and ROUGE-L."),
+    limit: Optional[int] = typer.Option(None, help="First N prompts of each bench."),
+    sample: Optional[int] = typer.Option(None, help="A seeded random sample of N prompts instead."),
+    seed: int = typer.Option(0, help="Seed for --sample and the held-out split."),
+    max_new_tokens: int = typer.Option(128, help="Greedy decoding length (the paper uses 512)."),
+    batch_size: int = typer.Option(16, help="Generation batch size (pinned in eval.json)."),
+    refusal_list: str = typer.Option("gcg", help="Keyword judge list: gcg, qi2024, gcg-api, or a JSON file."),
+    prompt_field: Optional[str] = typer.Option(None, help="Prompt column of a local file (detected if omitted)."),
+    category_field: Optional[str] = typer.Option(None, help="Column for the per-category breakdown."),
+    utility_data: Optional[str] = typer.Option(None, help="Held-out data for a model that is not a run dir (default dolly)."),
+    data_dir: Optional[str] = typer.Option(None, help="Where named datasets live."),
+    output_dir: Optional[str] = typer.Option(None, help="Where eval.json and generations.jsonl go (default: RUN/eval or runs/eval)."),
+):
+    """Harmful rate (keyword judge, 95% CI, per category) and utility of a model or run dir."""
+    from .evaluate import evaluate
+
+    spec = model_arg or model
+    if not spec:
+        raise UserError("give a model: safebasin eval MODEL or --model MODEL")
+    if Path(spec).is_dir() and (Path(spec) / "model").is_dir() and output_dir is None:
+        output_dir = str(Path(spec) / "eval")
+    out = Path(output_dir or "runs/eval")
+    results = evaluate(spec, bench, out, utility=utility, limit=limit, sample=sample, seed=seed,
+                       max_new_tokens=max_new_tokens, batch_size=batch_size, refusal_list=refusal_list,
+                       data_dir=data_dir, prompt_field=prompt_field, category_field=category_field,
+                       utility_data=utility_data)
+    print_eval_table(results)
+    console.print(f"wrote {out / 'eval.json'} and {out / 'generations.jsonl'}")
+
+
+def print_eval_table(results: dict) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"judge {results['settings']['judge']}, greedy, max_new_tokens {results['settings']['max_new_tokens']}")
+    for col in ("model", "bench", "n", "harmful rate", "95% CI", "held-out loss", "ROUGE-L"):
+        table.add_column(col)
+    for label, entry in results["models"].items():
+        util = entry.get("utility", {})
+        for name, b in entry["benchmarks"].items():
+            what = "refusal" if b["kind"] == "over-refusal" else "harmful"
+            value = b["refusal_rate"] if what == "refusal" else b["harmful_rate"]
+            table.add_row(label, name, str(b["n"]), f"{value:.1%} ({what})", f"{b['ci_low']:.1%}-{b['ci_high']:.1%}",
+                          f"{util['heldout_loss']:.3f}" if util else "", f"{util['rougeL']:.3f}" if util else "")
+    console.print(table)
+
+
 def main() -> None:
     try:
         app()  # standalone: typer handles usage errors (exit 2) and --help itself

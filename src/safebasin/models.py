@@ -148,7 +148,7 @@ def tiny_llama(seed: int = 0, vocab_size: int = 512, hidden: int = 64, layers: i
 
     cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=hidden * 2,
                       num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-                      max_position_embeddings=512, initializer_range=init_std, tie_word_embeddings=False)
+                      max_position_embeddings=4096, initializer_range=init_std, tie_word_embeddings=False)
     torch.manual_seed(seed)
     return LlamaForCausalLM(cfg)
 

@@ -1,0 +1,187 @@
+"""`safebasin eval`: harmful rate (with CI, per category) and utility, for any model from one call.
+
+Outputs: eval.json (metrics, tagged with judge, prompt set and decoding settings) and
+generations.jsonl (every prompt, response and verdict). A run dir from `train` is evaluated
+as its kept model and, when present, its raw (non-averaged) model side by side.
+"""
+
+import logging
+import math
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from . import atomic, data, models
+from .config import TrainConfig, read_yaml
+from .errors import UserError
+from .generate import HFBackend
+from .judges import KeywordJudge, keyword_judge, rate
+
+log = logging.getLogger(__name__)
+
+PROMPT_FIELDS = ("goal", "Goal", "prompt", "behavior", "Behavior", "instruction", "forbidden_prompt", "question")
+BENIGN_BENCHES = {"xstest", "jbb-benign"}  # refusal here is over-refusal: lower is better
+ROUGE_SET = "utility_eval_extra/sinstruct_test_set.jsonl"
+
+
+@dataclass
+class Bench:
+    name: str
+    source: str
+    prompts: list[str]
+    categories: list[str | None] = field(default_factory=list)
+
+
+def load_bench(spec: str, ddir: str | None = None, prompt_field: str | None = None, category_field: str | None = None,
+               limit: int | None = None, sample: int | None = None, seed: int = 0) -> Bench:
+    """A named benchmark or a local CSV/JSON/JSONL/TXT of prompts; first `limit` rows or a seeded `sample`."""
+    named = data.BENCH_SETS.get(spec)
+    if named:
+        rows, source = data.resolve_named(spec, data.BENCH_SETS, ddir)
+        prompt_field = prompt_field or named.prompt_field
+        category_field = category_field or named.category_field
+        if named.where:
+            key, value = named.where
+            rows = [r for r in rows if r.get(key) == value]
+        name = spec
+    elif Path(spec).suffix.lower() in (".csv", ".json", ".jsonl", ".txt") or Path(spec).exists():
+        rows, source, name = data.read_rows(spec), spec, Path(spec).stem
+    else:
+        raise UserError(f"unknown bench {spec!r}: use one of {', '.join(data.BENCH_SETS)} or a CSV/JSON/JSONL/TXT file")
+    fields = set().union(*(r.keys() for r in rows[:1]))
+    if prompt_field is None:
+        prompt_field = next((f for f in PROMPT_FIELDS if f in fields), None)
+        if prompt_field is None:
+            raise UserError(f"{source}: no prompt column among {', '.join(sorted(fields - {'_where'}))}; "
+                            f"pass --prompt-field (looked for {', '.join(PROMPT_FIELDS)})")
+    for f in (prompt_field, category_field):
+        if f and f not in fields:
+            raise UserError(f"{source}: no column {f!r} (have {', '.join(sorted(fields - {'_where'}))})")
+    prompts, cats = [], []
+    for r in rows:
+        value = r.get(prompt_field)
+        if not isinstance(value, str) or not value.strip():
+            raise UserError(f"{source}: {r.get('_where', '?')}: field {prompt_field!r} is empty or not text")
+        prompts.append(value.strip())
+        cats.append(str(r.get(category_field)) if category_field else None)
+    order = list(range(len(prompts)))
+    if sample:
+        order = sorted(random.Random(seed).sample(order, min(sample, len(order))))
+    if limit:
+        order = order[:limit]
+    return Bench(name, source, [prompts[i] for i in order], [cats[i] for i in order])
+
+
+def score_bench(bench: Bench, responses: list[str], judge: KeywordJudge) -> tuple[dict, list[dict]]:
+    verdicts = [judge.harmful(r) for r in responses]
+    result = rate(verdicts) | {"judge": judge.name, "source": bench.source}
+    result["refusal_rate"] = 1.0 - result["harmful_rate"]
+    result["kind"] = "over-refusal" if bench.name in BENIGN_BENCHES else "harmful"
+    by_cat: dict[str, list[bool]] = {}
+    for c, v in zip(bench.categories, verdicts):
+        if c is not None:
+            by_cat.setdefault(c, []).append(v)
+    result["by_category"] = {c: rate(v) for c, v in sorted(by_cat.items())}
+    rows = [{"benchmark": bench.name, "index": i, "category": c, "prompt": p, "response": r, "harmful": v, "judge": judge.name}
+            for i, (p, c, r, v) in enumerate(zip(bench.prompts, bench.categories, responses, verdicts))]
+    return result, rows
+
+
+@torch.no_grad()
+def heldout_loss(model, tok, examples: list, max_seq_len: int, batch_size: int = 8) -> dict:
+    """Mean per-token response loss over the held-out split (the same masking as training)."""
+    encoded = data.tokenize(examples, tok, max_seq_len, "held-out")
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    for start in range(0, len(encoded), batch_size):
+        batch = {k: v.to(device) for k, v in data.collate(encoded[start: start + batch_size], tok.pad_token_id).items()}
+        n = int((batch["labels"][:, 1:] != -100).sum())
+        loss = model(**batch, num_items_in_batch=n).loss  # sum over tokens / n
+        total += float(loss) * n
+        count += n
+    mean = total / count
+    return {"heldout_loss": mean, "perplexity": math.exp(min(mean, 50.0)), "heldout_n": len(encoded), "heldout_tokens": count}
+
+
+def rouge_set(ddir: str | None, limit: int) -> tuple[list[str], list[str]]:
+    root = data.data_dir(ddir)
+    if not root or not (root / ROUGE_SET).is_file():
+        raise UserError(f"ROUGE-L needs {ROUGE_SET} in the data dir; set --data-dir")
+    prompts, refs = [], []
+    for row in data.read_rows(root / ROUGE_SET)[:limit]:
+        inst = (row.get("instances") or [{}])[0]
+        prompts.append(row["instruction"] + (f"\n\n{inst['input']}" if inst.get("input") else ""))
+        refs.append(inst.get("output", ""))
+    return prompts, refs
+
+
+def rouge_l(predictions: list[str], references: list[str]) -> float:
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    scores = [scorer.score(ref, pred)["rougeL"].fmeasure for pred, ref in zip(predictions, references)]
+    return sum(scores) / len(scores) if scores else 0.0
+
+
+def model_variants(spec: str) -> dict[str, str]:
+    """{"model": path} for a plain model; a run dir gives its kept model and its raw/ model."""
+    path = Path(spec)
+    if path.is_dir() and (path / "model" / "config.json").is_file():
+        out = {"model": str(path / "model")}
+        if (path / "raw" / "config.json").is_file():
+            out["raw"] = str(path / "raw")
+        return out
+    return {"model": spec}
+
+
+def utility_split(spec: str, utility_data: str | None, ddir: str | None, seed: int) -> tuple[list, TrainConfig]:
+    """The held-out split: a run dir's own (same data, filter and seed as training), else `utility_data`."""
+    run_cfg = Path(spec) / "config.yaml"
+    if run_cfg.is_file() and not utility_data:
+        values = read_yaml(run_cfg)
+        if ddir:
+            values["data_dir"] = ddir
+        cfg = TrainConfig(**values)
+    else:
+        cfg = TrainConfig(data=utility_data or "dolly", data_dir=ddir, seed=seed)
+    _, heldout, _ = data.load_for_training(cfg)
+    return heldout, cfg
+
+
+def evaluate(spec: str, benches: list[str], output_dir: str | Path, *, utility: bool = False, limit: int | None = None,
+             sample: int | None = None, seed: int = 0, max_new_tokens: int = 128, batch_size: int = 16,
+             refusal_list: str = "gcg", data_dir: str | None = None, prompt_field: str | None = None,
+             category_field: str | None = None, utility_data: str | None = None, rouge_limit: int = 50,
+             show_progress: bool = True) -> dict:
+    out = Path(output_dir)
+    judge = keyword_judge(refusal_list, data_dir)
+    loaded = [load_bench(b, data_dir, prompt_field, category_field, limit, sample, seed) for b in benches]
+    heldout = heldout_cfg = None
+    if utility:
+        heldout, heldout_cfg = utility_split(spec, utility_data, data_dir, seed)
+        rouge_prompts, rouge_refs = rouge_set(data_dir, rouge_limit)
+    settings = {"benches": benches, "limit": limit, "sample": sample, "seed": seed, "max_new_tokens": max_new_tokens,
+                "batch_size": batch_size, "decoding": "greedy", "judge": judge.name, "backend": "hf"}
+    results: dict = {"settings": settings, "models": {}}
+    generations: list[dict] = []
+    for label, source in model_variants(spec).items():
+        model, tok = models.load(source)
+        backend = HFBackend(model, tok, batch_size=batch_size, show_progress=show_progress)
+        entry: dict = {"model": source, "benchmarks": {}}
+        for bench in loaded:
+            responses = backend.generate(bench.prompts, max_new_tokens, desc=f"{label}: {bench.name}")
+            entry["benchmarks"][bench.name], rows = score_bench(bench, responses, judge)
+            generations += [{"model": label, **r} for r in rows]
+        if utility:
+            entry["utility"] = heldout_loss(model, tok, heldout, heldout_cfg.max_seq_len)
+            entry["utility"]["heldout_data"] = heldout_cfg.data
+            preds = backend.generate(rouge_prompts, max_new_tokens, desc=f"{label}: rougeL")
+            entry["utility"]["rougeL"] = rouge_l(preds, rouge_refs)
+            entry["utility"]["rougeL_n"] = len(preds)
+        results["models"][label] = entry
+        del model
+    atomic.write_json(out / "eval.json", results)
+    atomic.write_jsonl(out / "generations.jsonl", generations)
+    return results
