@@ -120,6 +120,42 @@ def print_eval_table(results: dict) -> None:
     console.print(table)
 
 
+@app.command()
+def demo(
+    quick: bool = typer.Option(False, "--quick", help="About 3 minutes (CI): fewer prompts and steps."),
+    full: bool = typer.Option(False, "--full", help="All 520 AdvBench prompts and longer training (slow on a CPU)."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML overriding the preset's keys."),
+    model: Optional[str] = typer.Option(None, help="Base model (default: the embedded SmolLM2-135M-Instruct)."),
+    data_dir: Optional[str] = typer.Option(None, help="Where named datasets live."),
+    seed: Optional[int] = typer.Option(None),
+    output_dir: str = typer.Option("runs/demo", help="Where summary.json, tradeoff.png and report.html go."),
+):
+    """Align, then fine-tune on Dolly with bad vs good optimisation, with and without EMA; report it."""
+    from .demo import demo_config, run_demo
+
+    if quick and full:
+        raise UserError("choose one of --quick and --full")
+    cfg = demo_config("quick" if quick else "full" if full else "default", str(config) if config else None,
+                      {"model": model, "data_dir": data_dir, "seed": seed})
+    summary = run_demo(cfg, output_dir)
+    print_demo_table(summary)
+    console.print(f"report: {Path(output_dir) / 'report.html'}  plot: {Path(output_dir) / 'tradeoff.png'}")
+
+
+def print_demo_table(summary: dict) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"AdvBench first {summary['settings']['prompts']} prompts, keyword judge, seed {summary['seed']}")
+    for col in ("arm", "harmful rate", "95% CI", "held-out loss", "ROUGE-L"):
+        table.add_column(col)
+    for name, a in summary["arms"].items():
+        table.add_row(name, f"{a['harmful_rate']:.1%}", f"{a['ci_low']:.0%}-{a['ci_high']:.0%}",
+                      f"{a['heldout_loss']:.3f}", "" if a["rougeL"] is None else f"{a['rougeL']:.3f}")
+    console.print(table)
+    console.print("scaled down: " + "; ".join(summary["scaled_down"]), highlight=False)
+    console.print(f"wall time: {summary['timings_s']['total']:.0f} s")
+
+
 def main() -> None:
     try:
         app()  # standalone: typer handles usage errors (exit 2) and --help itself

@@ -150,6 +150,27 @@ def utility_split(spec: str, utility_data: str | None, ddir: str | None, seed: i
     return heldout, cfg
 
 
+def evaluate_model(model, tok, label: str, benches: list[Bench], judge: KeywordJudge, *, max_new_tokens: int,
+                   batch_size: int, heldout: list | None = None, max_seq_len: int = 256,
+                   rouge: tuple[list[str], list[str]] | None = None, show_progress: bool = True) -> tuple[dict, list[dict]]:
+    """Metrics and per-prompt rows for one loaded model: the one place where a model gets scored."""
+    backend = HFBackend(model, tok, batch_size=batch_size, show_progress=show_progress)
+    entry: dict = {"benchmarks": {}}
+    generations: list[dict] = []
+    for bench in benches:
+        responses = backend.generate(bench.prompts, max_new_tokens, desc=f"{label}: {bench.name}")
+        entry["benchmarks"][bench.name], rows = score_bench(bench, responses, judge)
+        generations += [{"model": label, **r} for r in rows]
+    if heldout is not None or rouge is not None:
+        entry["utility"] = {}
+    if heldout is not None:
+        entry["utility"] |= heldout_loss(model, tok, heldout, max_seq_len)
+    if rouge is not None:
+        preds = backend.generate(rouge[0], max_new_tokens, desc=f"{label}: rougeL")
+        entry["utility"] |= {"rougeL": rouge_l(preds, rouge[1]), "rougeL_n": len(preds)}
+    return entry, generations
+
+
 def evaluate(spec: str, benches: list[str], output_dir: str | Path, *, utility: bool = False, limit: int | None = None,
              sample: int | None = None, seed: int = 0, max_new_tokens: int = 128, batch_size: int = 16,
              refusal_list: str = "gcg", data_dir: str | None = None, prompt_field: str | None = None,
@@ -158,29 +179,23 @@ def evaluate(spec: str, benches: list[str], output_dir: str | Path, *, utility: 
     out = Path(output_dir)
     judge = keyword_judge(refusal_list, data_dir)
     loaded = [load_bench(b, data_dir, prompt_field, category_field, limit, sample, seed) for b in benches]
-    heldout = heldout_cfg = None
+    heldout, heldout_cfg, rouge = None, None, None
     if utility:
         heldout, heldout_cfg = utility_split(spec, utility_data, data_dir, seed)
-        rouge_prompts, rouge_refs = rouge_set(data_dir, rouge_limit)
+        rouge = rouge_set(data_dir, rouge_limit)
     settings = {"benches": benches, "limit": limit, "sample": sample, "seed": seed, "max_new_tokens": max_new_tokens,
                 "batch_size": batch_size, "decoding": "greedy", "judge": judge.name, "backend": "hf"}
+    if heldout_cfg:
+        settings["heldout"] = {"data": heldout_cfg.data, "heldout_size": heldout_cfg.heldout_size, "seed": heldout_cfg.seed}
     results: dict = {"settings": settings, "models": {}}
     generations: list[dict] = []
     for label, source in model_variants(spec).items():
         model, tok = models.load(source)
-        backend = HFBackend(model, tok, batch_size=batch_size, show_progress=show_progress)
-        entry: dict = {"model": source, "benchmarks": {}}
-        for bench in loaded:
-            responses = backend.generate(bench.prompts, max_new_tokens, desc=f"{label}: {bench.name}")
-            entry["benchmarks"][bench.name], rows = score_bench(bench, responses, judge)
-            generations += [{"model": label, **r} for r in rows]
-        if utility:
-            entry["utility"] = heldout_loss(model, tok, heldout, heldout_cfg.max_seq_len)
-            entry["utility"]["heldout_data"] = heldout_cfg.data
-            preds = backend.generate(rouge_prompts, max_new_tokens, desc=f"{label}: rougeL")
-            entry["utility"]["rougeL"] = rouge_l(preds, rouge_refs)
-            entry["utility"]["rougeL_n"] = len(preds)
-        results["models"][label] = entry
+        entry, rows = evaluate_model(model, tok, label, loaded, judge, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                     heldout=heldout, max_seq_len=heldout_cfg.max_seq_len if heldout_cfg else 256,
+                                     rouge=rouge, show_progress=show_progress)
+        results["models"][label] = {"model": source, **entry}
+        generations += rows
         del model
     atomic.write_json(out / "eval.json", results)
     atomic.write_jsonl(out / "generations.jsonl", generations)
