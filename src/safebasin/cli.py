@@ -24,7 +24,7 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks ins
 
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s",
                         handlers=[RichHandler(console=console, show_path=False, show_time=False)], force=True)
-    for noisy in ("transformers", "accelerate", "datasets", "httpx", "huggingface_hub", "urllib3"):
+    for noisy in ("transformers", "accelerate", "datasets", "httpx", "huggingface_hub", "urllib3", "absl"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import datasets
@@ -154,6 +154,91 @@ def print_demo_table(summary: dict) -> None:
     console.print(table)
     console.print("scaled down: " + "; ".join(summary["scaled_down"]), highlight=False)
     console.print(f"wall time: {summary['timings_s']['total']:.0f} s")
+
+
+@app.command()
+def sweep(
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="Sweep YAML: base, grid, eval, output_dir."),
+    grid: list[str] = typer.Option([], help="KEY=V1,V2,... e.g. lr=1e-5,5e-5 (repeatable; adds to the YAML grid)."),
+    model: Optional[str] = typer.Option(None, help="Base model for every trial."),
+    data: Optional[str] = typer.Option(None, help="Training data for every trial."),
+    data_dir: Optional[str] = typer.Option(None),
+    steps: Optional[int] = typer.Option(None),
+    output_dir: Optional[str] = typer.Option(None, help="Sweep dir (runs.db, runs/, report)."),
+    backend: str = typer.Option("local", help="local (one after another) or ray (an existing Ray cluster)."),
+):
+    """Train and evaluate a grid of configs; re-running skips finished trials."""
+    from .sweep import load_sweep_config, run_sweep
+
+    cfg = load_sweep_config(str(config) if config else None, grid,
+                            {"model": model, "data": data, "data_dir": data_dir, "steps": steps}, output_dir)
+    counts = run_sweep(cfg, backend=backend)
+    console.print(f"sweep {cfg.output_dir}: {counts['done']} run, {counts['skipped']} already finished, {counts['failed']} failed")
+
+
+runs_app = typer.Typer(help="List and inspect the runs in a sweep's results store.", no_args_is_help=True)
+app.add_typer(runs_app, name="runs")
+
+
+def _store(sweep_dir: Path):
+    from .store import Store
+    from .sweep import STORE_FILE
+
+    if not (sweep_dir / STORE_FILE).is_file():
+        raise UserError(f"{sweep_dir}: no {STORE_FILE} (not a sweep dir)")
+    return Store(sweep_dir / STORE_FILE)
+
+
+@runs_app.command("ls")
+def runs_ls(sweep_dir: Path = typer.Argument(..., help="A sweep dir.")):
+    """One line per run: id, hash, status, key settings, harmful rate."""
+    from rich.table import Table
+
+    store = _store(sweep_dir)
+    table = Table()
+    for col in ("id", "hash", "kind", "status", "lr", "batch", "steps", "ema_beta", "harmful rate"):
+        table.add_column(col)
+    for r in store.runs():
+        t = r["config"].get("train", {})
+        harm = next((m["value"] for m in store.metrics(r["id"]) if m["model"] == "model" and m["name"] == "harmful_rate"
+                     and m["category"] == "" and m["benchmark"] != "utility"), None)
+        table.add_row(str(r["id"]), r["config_hash"], r["kind"], r["status"], str(t.get("lr", "")),
+                      str(t.get("batch_size", "")) + (f"x{t['grad_accum']}" if t.get("grad_accum", 1) > 1 else ""),
+                      str(t.get("steps", "")), str(t.get("ema_beta", "")), "" if harm is None else f"{harm:.1%}")
+    console.print(table)
+
+
+@runs_app.command("show")
+def runs_show(sweep_dir: Path = typer.Argument(...), run: str = typer.Argument(..., help="Run id or hash (prefix).")):
+    """A run's config, status, metrics and artefacts as JSON."""
+    import json
+
+    store = _store(sweep_dir)
+    r = store.run(run)
+    if r is None:
+        raise UserError(f"{sweep_dir}: no run {run!r}")
+    r.pop("config_json")
+    r["metrics"] = [{k: m[k] for k in ("model", "benchmark", "category", "name", "value")} for m in store.metrics(r["id"])]
+    r["artifacts"] = store.artifacts(r["id"])
+    print(json.dumps(r, indent=2, default=str))
+
+
+@app.command()
+def report(
+    sweep_dir: Path = typer.Argument(..., help="A sweep dir."),
+    max_harm_increase: float = typer.Option(0.02, help="Recommend only trials within this of the starting model's harmful rate."),
+    utility: str = typer.Option("heldout_loss", help="heldout_loss (lower is better) or rougeL (higher is better)."),
+):
+    """Pareto front, heat maps and a recommendation for a sweep (PNG, HTML, markdown)."""
+    from rich.markdown import Markdown
+
+    from .report import UTILITY, sweep_report
+
+    if utility not in UTILITY:
+        raise UserError(f"--utility must be one of {', '.join(UTILITY)}")
+    summary = sweep_report(sweep_dir, max_harm_increase, utility)
+    console.print(Markdown(summary["markdown"]))
+    console.print(f"wrote {sweep_dir / 'report.html'}, {sweep_dir / 'report.md'} and the PNGs")
 
 
 def main() -> None:

@@ -37,6 +37,7 @@ class Recipe(BaseModel):
 
 
 class DemoConfig(BaseModel):
+    """Defaults fit about 8 minutes on 2 CPU cores, the one-off alignment included (cached after)."""
     model_config = ConfigDict(extra="forbid")
     model: str = "smollm2-135m-instruct"
     data_dir: str | None = None
@@ -44,27 +45,29 @@ class DemoConfig(BaseModel):
     prompts: int = Field(48, ge=1)  # the first N AdvBench prompts (no cherry-picking)
     max_new_tokens: int = Field(32, ge=1)  # refusals show in the first tokens; the paper decodes 512
     gen_batch_size: int = Field(24, ge=1)
-    rouge_prompts: int = Field(12, ge=0)  # Self-Instruct test prompts with references
-    heldout_size: int = Field(48, ge=1)  # Dolly rows held out for held-out loss
-    max_seq_len: int = Field(128, ge=16)
-    mixed_precision: str = "no"
-    align_steps: int = Field(24, ge=1)
+    rouge_prompts: int = Field(8, ge=0)  # Self-Instruct test prompts with references
+    heldout_size: int = Field(32, ge=1)  # Dolly rows held out for held-out loss
+    max_seq_len: int = Field(128, ge=16)  # the main cost lever on a CPU (paper: 512)
+    mixed_precision: str = "auto"  # training only: bf16 where the CPU/GPU has it (~1.4x on avx512_bf16); eval stays float32
+    # alignment: the same in every preset, so the cached aligned model is shared
+    align_steps: int = Field(20, ge=1)
     align_lr: float = Field(1e-4, gt=0)
     align_batch_size: int = Field(8, ge=1)
-    aggressive: Recipe = Recipe(lr=2e-4, batch_size=4, steps=24, ema_beta=0.9)
+    # (a)/(b): high lr, small batch; (c)/(d): low lr, larger effective batch, the same number of rows
+    aggressive: Recipe = Recipe(lr=2e-4, batch_size=4, steps=24, ema_beta=0.98)  # θ̄ keeps 0.98^24 = 62% of θ0's weight
     careful: Recipe = Recipe(lr=2e-5, batch_size=8, grad_accum=2, steps=6, ema_beta=0.9)
 
 
 PRESETS = {
-    "quick": {"prompts": 24, "rouge_prompts": 6, "heldout_size": 24, "align_steps": 16,
-              "aggressive": {"lr": 2e-4, "batch_size": 4, "steps": 12, "ema_beta": 0.8},
+    "quick": {"prompts": 24, "rouge_prompts": 4, "heldout_size": 24,
+              "aggressive": {"lr": 2e-4, "batch_size": 4, "steps": 12, "ema_beta": 0.96},
               "careful": {"lr": 2e-5, "batch_size": 8, "grad_accum": 2, "steps": 3, "ema_beta": 0.8}},
     "default": {},
     "full": {"prompts": 520, "max_new_tokens": 64, "rouge_prompts": 50, "heldout_size": 100, "max_seq_len": 256,
-             "align_steps": 50, "align_batch_size": 16,
              "aggressive": {"lr": 1e-4, "batch_size": 8, "steps": 60, "ema_beta": 0.995},
              "careful": {"lr": 2e-5, "batch_size": 8, "grad_accum": 4, "steps": 15, "ema_beta": 0.99}},
 }
+
 
 SCALED_DOWN = [
     "model: SmolLM2-135M-Instruct (embedded GGUF, dequantized) instead of 7B/8B chat models",
@@ -83,9 +86,23 @@ def demo_config(preset: str = "default", path: str | None = None, overrides: dic
     return build(DemoConfig, values, path or f"demo preset {preset!r}")
 
 
+def native_bf16() -> bool:
+    """bf16 autocast pays off only with hardware support; emulated bf16 is slower than float32."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def _train_cfg(cfg: DemoConfig, **kw) -> TrainConfig:
+    precision = cfg.mixed_precision if cfg.mixed_precision != "auto" else ("bf16" if native_bf16() else "no")
     return TrainConfig(data_dir=cfg.data_dir, seed=cfg.seed, max_seq_len=cfg.max_seq_len, heldout_size=cfg.heldout_size,
-                       schedule="constant", warmup_steps=0, mixed_precision=cfg.mixed_precision, **kw)
+                       schedule="constant", warmup_steps=0, mixed_precision=precision, **kw)
 
 
 def align(cfg: DemoConfig, show_progress: bool) -> Path:
@@ -140,6 +157,10 @@ def run_demo(cfg: DemoConfig, output_dir: str | Path, show_progress: bool = True
     t = time.perf_counter()
     aligned_dir = align(cfg, show_progress)
     timings["align"] = time.perf_counter() - t
+    link = out / "aligned"  # a stable name for the cached aligned model (the sweep recipe starts from it)
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    link.symlink_to(aligned_dir.resolve(), target_is_directory=True)
     results["aligned"], rows = score("aligned", str(aligned_dir / MODEL_DIR))
     generations += rows
     configs["aligned"] = read_yaml(aligned_dir / "config.yaml")

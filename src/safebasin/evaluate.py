@@ -136,10 +136,14 @@ def model_variants(spec: str) -> dict[str, str]:
     return {"model": spec}
 
 
-def utility_split(spec: str, utility_data: str | None, ddir: str | None, seed: int) -> tuple[list, TrainConfig]:
-    """The held-out split: a run dir's own (same data, filter and seed as training), else `utility_data`."""
+def utility_split(spec: str, utility_data: str | None, ddir: str | None, seed: int,
+                  heldout_from: TrainConfig | None = None) -> tuple[list, TrainConfig]:
+    """The held-out split: `heldout_from`'s, else a run dir's own (same data, filter and seed as training),
+    else `utility_data` with default split settings."""
     run_cfg = Path(spec) / "config.yaml"
-    if run_cfg.is_file() and not utility_data:
+    if heldout_from is not None:
+        cfg = heldout_from
+    elif run_cfg.is_file() and not utility_data:
         values = read_yaml(run_cfg)
         if ddir:
             values["data_dir"] = ddir
@@ -175,13 +179,13 @@ def evaluate(spec: str, benches: list[str], output_dir: str | Path, *, utility: 
              sample: int | None = None, seed: int = 0, max_new_tokens: int = 128, batch_size: int = 16,
              refusal_list: str = "gcg", data_dir: str | None = None, prompt_field: str | None = None,
              category_field: str | None = None, utility_data: str | None = None, rouge_limit: int = 50,
-             show_progress: bool = True) -> dict:
+             heldout_from: TrainConfig | None = None, show_progress: bool = True) -> dict:
     out = Path(output_dir)
     judge = keyword_judge(refusal_list, data_dir)
     loaded = [load_bench(b, data_dir, prompt_field, category_field, limit, sample, seed) for b in benches]
     heldout, heldout_cfg, rouge = None, None, None
     if utility:
-        heldout, heldout_cfg = utility_split(spec, utility_data, data_dir, seed)
+        heldout, heldout_cfg = utility_split(spec, utility_data, data_dir, seed, heldout_from)
         rouge = rouge_set(data_dir, rouge_limit)
     settings = {"benches": benches, "limit": limit, "sample": sample, "seed": seed, "max_new_tokens": max_new_tokens,
                 "batch_size": batch_size, "decoding": "greedy", "judge": judge.name, "backend": "hf"}

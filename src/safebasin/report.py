@@ -19,12 +19,13 @@ from . import atomic  # noqa: E402
 def tradeoff_png(points: list[dict], x_key: str, x_label: str, title: str) -> bytes:
     """points: {"label", "harmful_rate", "ci_low", "ci_high", x_key, "marker"?}. Lower-left is better."""
     fig, ax = plt.subplots(figsize=(6.4, 4.6), dpi=120)
-    for p in points:
+    for i, p in enumerate(points):
         special = p.get("marker")
         yerr = [[max(0.0, p["harmful_rate"] - p["ci_low"])], [max(0.0, p["ci_high"] - p["harmful_rate"])]]
         ax.errorbar(p[x_key], p["harmful_rate"], yerr=yerr, fmt="*" if special else "o", ms=14 if special else 8,
                     capsize=3, color="black" if special else None, label=p["label"])
-        ax.annotate(p["label"], (p[x_key], p["harmful_rate"]), textcoords="offset points", xytext=(6, 6), fontsize=8)
+        ax.annotate(p["label"], (p[x_key], p["harmful_rate"]), textcoords="offset points",
+                    xytext=(6, 6 if i % 2 == 0 else -14), fontsize=8)  # alternate: close points stay legible
     ax.set_xlabel(x_label)
     ax.set_ylabel("harmful rate (keyword judge, 95% CI)")
     ax.set_ylim(-0.03, 1.03)
@@ -76,3 +77,187 @@ def examples_html(examples: list[dict]) -> str:
 
 def write_png(path: str | Path, png: bytes) -> None:
     atomic.write_bytes(path, png)
+
+
+# ---------------------------------------------------------------- sweep reports
+
+UTILITY = {"heldout_loss": ("held-out loss", False), "rougeL": ("ROUGE-L", True)}  # name -> (label, higher is better)
+
+
+def pareto(points: list[dict], utility: str, higher_is_better: bool) -> list[dict]:
+    """Points not dominated in (lower harmful_rate, better utility). Ties keep both."""
+    def better_or_equal(a, b):
+        return a >= b if higher_is_better else a <= b
+
+    front = []
+    for p in points:
+        dominated = any(
+            q is not p and q["harmful_rate"] <= p["harmful_rate"] and better_or_equal(q[utility], p[utility])
+            and (q["harmful_rate"] < p["harmful_rate"] or q[utility] != p[utility])
+            for q in points)
+        if not dominated:
+            front.append(p)
+    return sorted(front, key=lambda p: p["harmful_rate"])
+
+
+def recommend(points: list[dict], baseline_harm: float | None, margin: float, utility: str, higher_is_better: bool) -> dict | None:
+    """The best-utility point whose harmful rate is within `margin` of the starting model's."""
+    limit = (baseline_harm if baseline_harm is not None else 0.0) + margin
+    eligible = [p for p in points if p["harmful_rate"] <= limit + 1e-12]
+    if not eligible:
+        return None
+    sign = -1 if higher_is_better else 1
+    return min(eligible, key=lambda p: (sign * p[utility], p["harmful_rate"]))  # ties: the safer one
+
+
+def heatmap_png(points: list[dict], title: str) -> bytes:
+    """Harmful rate over lr x effective batch (mean over the other grid keys)."""
+    lrs = sorted({p["lr"] for p in points})
+    batches = sorted({p["effective_batch"] for p in points})
+    grid = [[None] * len(lrs) for _ in batches]
+    for i, b in enumerate(batches):
+        for j, lr in enumerate(lrs):
+            vals = [p["harmful_rate"] for p in points if p["lr"] == lr and p["effective_batch"] == b]
+            grid[i][j] = sum(vals) / len(vals) if vals else float("nan")
+    fig, ax = plt.subplots(figsize=(1.6 + 1.1 * len(lrs), 1.4 + 0.8 * len(batches)), dpi=110)
+    im = ax.imshow(grid, vmin=0, vmax=1, cmap="Reds", origin="lower", aspect="auto")
+    ax.set_xticks(range(len(lrs)), [f"{x:g}" for x in lrs])
+    ax.set_yticks(range(len(batches)), [str(b) for b in batches])
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("effective batch")
+    for i in range(len(batches)):
+        for j in range(len(lrs)):
+            if grid[i][j] == grid[i][j]:
+                ax.text(j, i, f"{grid[i][j]:.0%}", ha="center", va="center", fontsize=8)
+    fig.colorbar(im, ax=ax, label="harmful rate")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def steps_png(points: list[dict]) -> bytes:
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
+    series: dict[str, list] = {}
+    for p in points:
+        series.setdefault(f"lr {p['lr']:g}, batch {p['effective_batch']}, β {p['ema_beta']}", []).append((p["steps"], p["harmful_rate"]))
+    for label, xy in sorted(series.items()):
+        xy.sort()
+        ax.plot([x for x, _ in xy], [y for _, y in xy], marker="o", label=label)
+    ax.set_xlabel("optimizer steps")
+    ax.set_ylabel("harmful rate")
+    ax.set_ylim(-0.03, 1.03)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def sweep_points(store, bench: str | None = None) -> tuple[list[dict], dict | None, str]:
+    """One point per finished trial (kept weights), plus the baseline's point, from the store."""
+    points, baseline = [], None
+    for run in store.runs("done"):
+        m = {(r["model"], r["benchmark"], r["category"], r["name"]): r["value"] for r in store.metrics(run["id"])}
+        benches = sorted({k[1] for k in m if k[1] != "utility"})
+        if not benches:
+            continue
+        bench = bench or ("advbench" if "advbench" in benches else benches[0])
+        get = lambda name, b=bench: m.get(("model", b, "", name))  # noqa: E731
+        point = {"id": run["id"], "hash": run["config_hash"], "harmful_rate": get("harmful_rate"), "ci_low": get("ci_low"),
+                 "ci_high": get("ci_high"), "n": get("n"), "heldout_loss": m.get(("model", "utility", "", "heldout_loss")),
+                 "rougeL": m.get(("model", "utility", "", "rougeL")), "run_dir": run["run_dir"]}
+        if point["harmful_rate"] is None:
+            continue
+        if run["kind"] == "baseline":
+            baseline = point | {"label": "start"}
+            continue
+        t = run["config"]["train"]
+        point |= {"lr": t["lr"], "effective_batch": t["batch_size"] * t["grad_accum"], "steps": t["steps"],
+                  "ema_beta": t["ema_beta"], "lora_r": t["lora_r"], "config": t,
+                  "label": f"lr {t['lr']:g} b{t['batch_size'] * t['grad_accum']} s{t['steps']} β{t['ema_beta']}"}
+        points.append(point)
+    return points, baseline, bench or "advbench"
+
+
+def sweep_report(sweep_dir: str | Path, max_harm_increase: float = 0.02, utility: str = "heldout_loss") -> dict:
+    from .store import Store
+    from .sweep import STORE_FILE
+
+    sweep_dir = Path(sweep_dir)
+    if not (sweep_dir / STORE_FILE).is_file():
+        from .errors import UserError
+
+        raise UserError(f"{sweep_dir}: no {STORE_FILE}; run `safebasin sweep` first")
+    store = Store(sweep_dir / STORE_FILE)
+    points, baseline, bench = sweep_points(store)
+    store.close()
+    label, higher = UTILITY[utility]
+    points = [p for p in points if p[utility] is not None]
+    if not points:
+        from .errors import UserError
+
+        raise UserError(f"{sweep_dir}: no finished trial has {utility}; evaluate with utility on")
+    front = pareto(points, utility, higher)
+    choice = recommend(points, baseline["harmful_rate"] if baseline else None, max_harm_increase, utility, higher)
+    pngs = {}
+    shown = points + ([baseline | {"marker": True}] if baseline and baseline[utility] is not None else [])
+    pngs["pareto.png"] = tradeoff_png(shown, utility, label + (" (higher = better)" if higher else " (lower = better)"),
+                                      f"{bench}: harmful rate vs {label}; Pareto front: {len(front)} of {len(points)}")
+    betas = sorted({p["ema_beta"] for p in points}, key=lambda b: -1 if b is None else b)
+    for beta in betas:
+        sub = [p for p in points if p["ema_beta"] == beta]
+        pngs[f"heatmap_beta_{beta}.png"] = heatmap_png(sub, f"harmful rate, EMA β = {beta if beta is not None else 'off'}")
+    if len({p["steps"] for p in points}) > 1:
+        pngs["steps.png"] = steps_png(points)
+    for name, png in pngs.items():
+        write_png(sweep_dir / name, png)
+
+    summary = {"bench": bench, "utility": utility, "max_harm_increase": max_harm_increase, "trials": len(points),
+               "baseline": _public(baseline), "pareto": [_public(p) for p in front], "recommendation": _public(choice)}
+    md = sweep_markdown(summary, points)
+    atomic.write_text(sweep_dir / "report.md", md)
+    atomic.write_json(sweep_dir / "report.json", summary)
+    header = ["trial", "harmful rate", "95% CI", label, "Pareto", "recommended"]
+    rows = [[p["label"], f"{p['harmful_rate']:.1%}", f"{p['ci_low']:.1%} - {p['ci_high']:.1%}", f"{p[utility]:.4f}",
+             "yes" if p in front else "", "yes" if choice is p else ""] for p in sorted(points, key=lambda p: p["harmful_rate"])]
+    sections = [("Recommendation", f"<pre>{html.escape(md.split('## All trials')[0])}</pre>"), ("All trials", table_html(header, rows))]
+    for name, png in pngs.items():
+        sections.append((name.removesuffix(".png"), f"<img alt='{html.escape(name)}' src='data:image/png;base64,{base64.b64encode(png).decode()}'>"))
+    atomic.write_text(sweep_dir / "report.html", html_page(f"safebasin sweep report: {sweep_dir.name}", sections))
+    return summary | {"markdown": md}
+
+
+def _public(p: dict | None) -> dict | None:
+    if p is None:
+        return None
+    return {k: v for k, v in p.items() if k not in ("marker",)}
+
+
+def sweep_markdown(summary: dict, points: list[dict]) -> str:
+    u = summary["utility"]
+    label = UTILITY[u][0]
+    lines = [f"# Sweep report ({summary['trials']} trials, {summary['bench']}, utility: {label})", ""]
+    base = summary["baseline"]
+    if base:
+        lines.append(f"Starting model: harmful rate {base['harmful_rate']:.1%} (95% CI {base['ci_low']:.1%}-{base['ci_high']:.1%})"
+                     + (f", {label} {base[u]:.4f}" if base.get(u) is not None else ""))
+    rec = summary["recommendation"]
+    limit = (base["harmful_rate"] if base else 0.0) + summary["max_harm_increase"]
+    if rec:
+        lines += ["", f"**Recommended:** {rec['label']}",
+                  f"- harmful rate {rec['harmful_rate']:.1%} (95% CI {rec['ci_low']:.1%}-{rec['ci_high']:.1%}), "
+                  f"within the limit {limit:.1%} (start + {summary['max_harm_increase']:.0%})",
+                  f"- best {label} among the eligible trials: {rec[u]:.4f}",
+                  f"- run dir: {rec['run_dir']}"]
+    else:
+        lines += ["", f"**No trial** keeps the harmful rate within {limit:.1%}; lower the lr, raise the batch or β, or widen --max-harm-increase."]
+    lines += ["", "## Pareto front (lower harm, better utility)"]
+    lines += [f"- {p['label']}: harmful {p['harmful_rate']:.1%}, {label} {p[u]:.4f}" for p in summary["pareto"]]
+    lines += ["", "## All trials", "", f"| trial | harmful rate | {label} |", "|---|---|---|"]
+    lines += [f"| {p['label']} | {p['harmful_rate']:.1%} | {p[u]:.4f} |" for p in sorted(points, key=lambda p: p["harmful_rate"])]
+    return "\n".join(lines) + "\n"

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import set_seed
 from transformers import get_scheduler
 
@@ -65,6 +66,11 @@ def total_steps(cfg: TrainConfig, n_examples: int, world: int) -> int:
 
 def train(cfg: TrainConfig, overwrite: bool = False, show_progress: bool = True) -> Path:
     out = check_output_dir(cfg, overwrite)
+    # Accelerate keeps its precision settings in a process-wide singleton; one process may train
+    # several runs (sweeps, the demo) with different settings, so start each run from a clean state.
+    # The distributed part (PartialState) is kept: it belongs to the launch, not the run.
+    AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
     set_seed(cfg.seed)
 

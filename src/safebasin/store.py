@@ -1,0 +1,155 @@
+"""The results store: SQLite (WAL), one transaction per write, so a killed sweep loses nothing finished.
+
+Tables: runs (config hash, config JSON, status, timestamps, run dir, error), metrics (per model
+variant, benchmark, category and name) and artifacts (paths). `meta.schema_version` guards
+against opening a store written by an incompatible safebasin.
+"""
+
+import hashlib
+import json
+import sqlite3
+import time
+from pathlib import Path
+
+from .errors import UserError
+
+SCHEMA_VERSION = 1
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY,
+    config_hash TEXT NOT NULL UNIQUE,
+    kind TEXT NOT NULL DEFAULT 'trial',          -- 'trial' or 'baseline' (the starting model)
+    config_json TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('pending', 'running', 'done', 'failed')),
+    run_dir TEXT,
+    error TEXT,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL
+);
+CREATE TABLE IF NOT EXISTS metrics (
+    run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+    model TEXT NOT NULL,                         -- 'model' (kept) or 'raw'
+    benchmark TEXT NOT NULL,                     -- e.g. 'advbench', or 'utility'
+    category TEXT NOT NULL DEFAULT '',           -- '' = overall
+    name TEXT NOT NULL,                          -- e.g. 'harmful_rate', 'heldout_loss'
+    value REAL,
+    PRIMARY KEY (run_id, model, benchmark, category, name)
+);
+CREATE TABLE IF NOT EXISTS artifacts (
+    run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+    name TEXT NOT NULL,
+    path TEXT NOT NULL,
+    PRIMARY KEY (run_id, name)
+);
+"""
+
+
+def config_hash(config: dict) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class Store:
+    def __init__(self, path: str | Path, timeout: float = 30.0):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.conn = sqlite3.connect(self.path, timeout=timeout, isolation_level=None)  # explicit transactions
+            self.conn.row_factory = sqlite3.Row
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.execute("PRAGMA foreign_keys=ON")
+            self.conn.execute("PRAGMA synchronous=NORMAL")
+            with self.tx():
+                for stmt in SCHEMA.split(";"):
+                    if stmt.strip():
+                        self.conn.execute(stmt)
+                row = self.conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+                if row is None:
+                    self.conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+                elif int(row[0]) != SCHEMA_VERSION:
+                    raise UserError(f"{self.path}: results store has schema version {row[0]}, this safebasin reads {SCHEMA_VERSION}")
+        except sqlite3.DatabaseError as e:
+            raise UserError(f"{self.path}: not a readable results store: {e}") from None
+
+    def tx(self):
+        """`with store.tx():` one IMMEDIATE transaction: all of it lands, or none of it."""
+        return _Tx(self.conn)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    # --- runs
+    def upsert_run(self, config: dict, kind: str = "trial", run_dir: str | None = None) -> tuple[int, str]:
+        """(id, status) for this config, created as 'pending' when new."""
+        h = config_hash(config)
+        with self.tx():
+            row = self.conn.execute("SELECT id, status FROM runs WHERE config_hash=?", (h,)).fetchone()
+            if row:
+                return row["id"], row["status"]
+            cur = self.conn.execute(
+                "INSERT INTO runs (config_hash, kind, config_json, status, run_dir, created_at) VALUES (?, ?, ?, 'pending', ?, ?)",
+                (h, kind, json.dumps(config, sort_keys=True, default=str), run_dir, time.time()))
+            return cur.lastrowid, "pending"
+
+    def start(self, run_id: int) -> None:
+        with self.tx():
+            self.conn.execute("UPDATE runs SET status='running', started_at=?, error=NULL WHERE id=?", (time.time(), run_id))
+            self.conn.execute("DELETE FROM metrics WHERE run_id=?", (run_id,))
+
+    def finish(self, run_id: int, metrics: list[tuple], artifacts: dict[str, str] | None = None) -> None:
+        """Metrics rows (model, benchmark, category, name, value) and the 'done' status in one transaction."""
+        with self.tx():
+            self.conn.execute("DELETE FROM metrics WHERE run_id=?", (run_id,))
+            self.conn.executemany("INSERT INTO metrics VALUES (?, ?, ?, ?, ?, ?)", [(run_id, *m) for m in metrics])
+            for name, path in (artifacts or {}).items():
+                self.conn.execute("INSERT OR REPLACE INTO artifacts VALUES (?, ?, ?)", (run_id, name, path))
+            self.conn.execute("UPDATE runs SET status='done', finished_at=? WHERE id=?", (time.time(), run_id))
+
+    def fail(self, run_id: int, error: str) -> None:
+        with self.tx():
+            self.conn.execute("UPDATE runs SET status='failed', finished_at=?, error=? WHERE id=?", (time.time(), error[:2000], run_id))
+
+    def runs(self, status: str | None = None) -> list[dict]:
+        q = "SELECT * FROM runs" + (" WHERE status=?" if status else "") + " ORDER BY id"
+        return [dict(r) | {"config": json.loads(r["config_json"])} for r in self.conn.execute(q, (status,) if status else ())]
+
+    def run(self, key: str | int) -> dict | None:
+        row = self.conn.execute("SELECT * FROM runs WHERE id=? OR config_hash=? OR config_hash LIKE ?",
+                                (key if str(key).isdigit() else -1, str(key), f"{key}%")).fetchone()
+        return dict(row) | {"config": json.loads(row["config_json"])} if row else None
+
+    def metrics(self, run_id: int) -> list[dict]:
+        return [dict(r) for r in self.conn.execute("SELECT * FROM metrics WHERE run_id=? ORDER BY model, benchmark, category, name", (run_id,))]
+
+    def artifacts(self, run_id: int) -> dict[str, str]:
+        return {r["name"]: r["path"] for r in self.conn.execute("SELECT name, path FROM artifacts WHERE run_id=?", (run_id,))}
+
+
+class _Tx:
+    def __init__(self, conn: sqlite3.Connection):
+        self.conn = conn
+
+    def __enter__(self):
+        self.conn.execute("BEGIN IMMEDIATE")
+        return self.conn
+
+    def __exit__(self, exc_type, exc, tb):
+        self.conn.execute("COMMIT" if exc_type is None else "ROLLBACK")
+        return False
+
+
+def eval_metrics(results: dict) -> list[tuple]:
+    """Flatten an eval.json-shaped dict into store rows."""
+    rows = []
+    for variant, entry in results["models"].items():
+        for bench, b in entry.get("benchmarks", {}).items():
+            for name in ("n", "harmful", "harmful_rate", "ci_low", "ci_high", "refusal_rate"):
+                rows.append((variant, bench, "", name, b[name]))
+            for cat, c in b.get("by_category", {}).items():
+                for name in ("n", "harmful", "harmful_rate", "ci_low", "ci_high"):
+                    rows.append((variant, bench, cat, name, c[name]))
+        for name, value in entry.get("utility", {}).items():
+            if isinstance(value, (int, float)):
+                rows.append((variant, "utility", "", name, value))
+    return rows

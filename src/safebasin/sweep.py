@@ -1,0 +1,202 @@
+"""`safebasin sweep`: a grid of training configs, each trained, evaluated and recorded in the store.
+
+Re-running the same command skips finished runs (by config hash) and restarts unfinished ones;
+killing a sweep loses no finished result, since each result lands in one SQLite transaction.
+Runs execute one after another here; `--backend ray` hands them to an existing Ray cluster.
+"""
+
+import itertools
+import json
+import logging
+import traceback
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from . import atomic
+from .config import TrainConfig, build, read_yaml
+from .errors import UserError
+from .store import Store, config_hash, eval_metrics
+
+log = logging.getLogger(__name__)
+STORE_FILE = "runs.db"
+
+
+class EvalSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    benches: list[str] = ["advbench"]
+    limit: int | None = Field(50, ge=1)  # first N prompts of each bench
+    max_new_tokens: int = Field(64, ge=1)
+    batch_size: int = Field(16, ge=1)
+    utility: bool = True  # held-out loss (the trial's own split) and ROUGE-L
+    rouge_limit: int = Field(20, ge=1)
+    refusal_list: str = "gcg"
+
+
+class SweepConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    base: dict = {}  # TrainConfig keys shared by every trial
+    grid: dict[str, list] = {}  # key -> values; the trials are the cartesian product
+    eval: EvalSettings = EvalSettings()
+    baseline: bool = True  # also evaluate the starting model, for the report's "within margin" rule
+    output_dir: str = "runs/sweep"
+
+
+def parse_grid_flag(flag: str) -> tuple[str, list]:
+    """`lr=1e-5,5e-5` -> ("lr", [1e-05, 5e-05]); values are read as YAML scalars."""
+    if "=" not in flag:
+        raise UserError(f"--grid {flag!r}: expected KEY=V1,V2,...")
+    key, values = flag.split("=", 1)
+    parsed = [_scalar(v.strip()) for v in values.split(",") if v.strip()]
+    if not parsed:
+        raise UserError(f"--grid {flag!r}: no values")
+    return key.strip(), parsed
+
+
+def _scalar(text: str):
+    """JSON first (so 1e-5 is a number, unlike in YAML 1.1), then YAML (bare words)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return yaml.safe_load(text)
+
+
+def load_sweep_config(path: str | None, grid_flags: list[str], base_overrides: dict, output_dir: str | None) -> SweepConfig:
+    values = read_yaml(path) if path else {}
+    sweep_block = values.pop("sweep", None)  # `sweep: {grid: ...}` or top-level keys, both accepted
+    if isinstance(sweep_block, dict):
+        values |= sweep_block
+    cfg = build(SweepConfig, values, path or "sweep config")
+    for flag in grid_flags:
+        key, vals = parse_grid_flag(flag)
+        cfg.grid[key] = vals
+    cfg.base |= {k: v for k, v in base_overrides.items() if v is not None}
+    if output_dir:
+        cfg.output_dir = output_dir
+    known = set(TrainConfig.model_fields) - {"output_dir"}
+    for key in list(cfg.grid) + list(cfg.base):
+        if key not in known:
+            raise UserError(f"{path or 'sweep'}: unknown config key {key!r} in the grid or base (known: {', '.join(sorted(known))})")
+    for key, vals in cfg.grid.items():
+        if not isinstance(vals, list) or not vals:
+            raise UserError(f"{path or 'sweep'}: grid.{key} must be a non-empty list")
+    return cfg
+
+
+def trials(cfg: SweepConfig) -> list[tuple[str, TrainConfig]]:
+    """(hash, TrainConfig) for every grid point; the hash ignores output_dir so it names the run dir."""
+    keys = list(cfg.grid)
+    out = []
+    for combo in itertools.product(*(cfg.grid[k] for k in keys)) if keys else [()]:
+        values = cfg.base | dict(zip(keys, combo))
+        tc = build(TrainConfig, values | {"output_dir": "."}, f"sweep trial {dict(zip(keys, combo))}")
+        trial = {"train": tc.model_dump(mode="json", exclude={"output_dir"}), "eval": cfg.eval.model_dump(mode="json")}
+        h = config_hash(trial)
+        tc.output_dir = str(Path(cfg.output_dir) / "runs" / h)
+        out.append((h, tc))
+    return out
+
+
+def run_trial(train_values: dict, eval_values: dict, show_progress: bool = False) -> tuple[list[tuple], dict]:
+    """Train, then evaluate kept (and raw) weights. Top-level and picklable, so Ray can ship it."""
+    from .evaluate import evaluate
+    from .train import train
+
+    tc = TrainConfig(**train_values)
+    ev = EvalSettings(**eval_values)
+    out = train(tc, overwrite=True, show_progress=show_progress)
+    results = evaluate(str(out), ev.benches, out / "eval", utility=ev.utility, limit=ev.limit, max_new_tokens=ev.max_new_tokens,
+                       batch_size=ev.batch_size, refusal_list=ev.refusal_list, data_dir=tc.data_dir, rouge_limit=ev.rouge_limit,
+                       show_progress=show_progress)
+    return eval_metrics(results), {"run_dir": str(out), "eval": str(out / "eval" / "eval.json")}
+
+
+def run_baseline(cfg: SweepConfig, first: TrainConfig, show_progress: bool = False) -> tuple[list[tuple], dict]:
+    """The starting model, on the same benches and the same held-out split as the trials."""
+    from .evaluate import evaluate
+
+    ev = cfg.eval
+    out = Path(cfg.output_dir) / "baseline"
+    results = evaluate(first.model, ev.benches, out, utility=ev.utility, limit=ev.limit, max_new_tokens=ev.max_new_tokens,
+                       batch_size=ev.batch_size, refusal_list=ev.refusal_list, data_dir=first.data_dir,
+                       rouge_limit=ev.rouge_limit, heldout_from=first, show_progress=show_progress)
+    return eval_metrics(results), {"eval": str(out / "eval.json")}
+
+
+def run_sweep(cfg: SweepConfig, backend: str = "local", show_progress: bool = True) -> dict:
+    out = Path(cfg.output_dir)
+    todo = trials(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic.write_yaml(out / "sweep.yaml", cfg.model_dump(mode="json"))
+    store = Store(out / STORE_FILE)
+    counts = {"skipped": 0, "done": 0, "failed": 0}
+    jobs = []
+    if cfg.baseline and todo:
+        first = todo[0][1]
+        base_cfg = {"baseline_of": first.model, "eval": cfg.eval.model_dump(mode="json"),
+                    "heldout": {k: getattr(first, k) for k in ("data", "heldout_size", "seed", "filter_safety", "max_seq_len")}}
+        run_id, status = store.upsert_run(base_cfg, kind="baseline", run_dir=str(out / "baseline"))
+        if status == "done":
+            counts["skipped"] += 1
+        else:
+            jobs.append((run_id, "baseline", lambda first=first: run_baseline(cfg, first, show_progress)))
+    for h, tc in todo:
+        run_id, status = store.upsert_run({"train": tc.model_dump(mode="json", exclude={"output_dir"}),
+                                           "eval": cfg.eval.model_dump(mode="json")}, run_dir=tc.output_dir)
+        if status == "done":
+            counts["skipped"] += 1
+            continue
+        jobs.append((run_id, h, (tc.model_dump(mode="json"), cfg.eval.model_dump(mode="json"))))
+    log.info("sweep %s: %d trials, %d finished before, %d to run", out, len(todo), counts["skipped"], len(jobs))
+    if backend == "ray":
+        _run_ray(store, jobs, counts)
+    elif backend == "local":
+        for i, (run_id, name, job) in enumerate(jobs, 1):
+            log.info("[%d/%d] %s", i, len(jobs), name)
+            store.start(run_id)
+            try:
+                metrics, artifacts = job() if callable(job) else run_trial(*job, show_progress=show_progress)
+            except UserError as e:
+                store.fail(run_id, str(e))
+                counts["failed"] += 1
+                log.error("%s failed: %s", name, e)
+                continue
+            except Exception:
+                store.fail(run_id, traceback.format_exc(limit=3))
+                raise
+            store.finish(run_id, metrics, artifacts)
+            counts["done"] += 1
+    else:
+        raise UserError(f"unknown backend {backend!r}: use local or ray")
+    store.close()
+    return counts
+
+
+def _run_ray(store: Store, jobs: list, counts: dict) -> None:
+    """Trials as Ray tasks on an existing cluster (RAY_ADDRESS), results recorded here as they land."""
+    try:
+        import ray
+    except ImportError:
+        raise UserError("--backend ray needs Ray: pip install 'safebasin[ray]'") from None
+    ray.init(ignore_reinit_error=True)
+    remote = ray.remote(run_trial)
+    pending = {}
+    for run_id, name, job in jobs:
+        store.start(run_id)
+        if callable(job):  # the baseline is cheap: run it here
+            metrics, artifacts = job()
+            store.finish(run_id, metrics, artifacts)
+            counts["done"] += 1
+            continue
+        pending[remote.remote(*job)] = run_id
+    while pending:
+        done, _ = ray.wait(list(pending), num_returns=1)
+        run_id = pending.pop(done[0])
+        try:
+            metrics, artifacts = ray.get(done[0])
+            store.finish(run_id, metrics, artifacts)
+            counts["done"] += 1
+        except Exception as e:  # a failed task must not lose the others' results
+            store.fail(run_id, str(e))
+            counts["failed"] += 1
