@@ -60,7 +60,7 @@ class DemoConfig(BaseModel):
 
 PRESETS = {
     "quick": {"prompts": 24, "rouge_prompts": 4, "heldout_size": 24,
-              "aggressive": {"lr": 2e-4, "batch_size": 4, "steps": 12, "ema_beta": 0.96},
+              "aggressive": {"lr": 2e-4, "batch_size": 4, "steps": 12, "ema_beta": 0.97},
               "careful": {"lr": 2e-5, "batch_size": 8, "grad_accum": 2, "steps": 3, "ema_beta": 0.8}},
     "default": {},
     "full": {"prompts": 520, "max_new_tokens": 64, "rouge_prompts": 50, "heldout_size": 100, "max_seq_len": 256,
@@ -109,6 +109,7 @@ def align(cfg: DemoConfig, show_progress: bool) -> Path:
     """Safety-tune the base model once; later demos reuse the cached result."""
     tc = _train_cfg(cfg, model=cfg.model, data="safety", filter_safety=False, lr=cfg.align_lr,
                     batch_size=cfg.align_batch_size, steps=cfg.align_steps, output_dir="")
+    tc.heldout_size = 0  # nothing is scored on the safety data: presets share one cached aligned model
     key = tc.model_dump(mode="json") | {"model_id": _model_identity(cfg.model)}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     out = models.cache_dir() / "aligned" / digest
