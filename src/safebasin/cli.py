@@ -57,15 +57,19 @@ def train(
     seed: Optional[int] = typer.Option(None),
     output_dir: Optional[str] = typer.Option(None, help="Where config.yaml, model/, raw/ and train_log.jsonl go."),
     trust_remote_code: Optional[bool] = typer.Option(None, "--trust-remote-code", help="Run code shipped with the model (off by default)."),
-    overwrite: bool = typer.Option(False, help="Replace a different run already in --output-dir."),
+    save_every: Optional[int] = typer.Option(None, help="Checkpoint every N steps (and at the end); 0 = none."),
+    resume: bool = typer.Option(False, help="Continue from the last checkpoint in --output-dir (re-running the same command does too)."),
+    overwrite: bool = typer.Option(False, help="Start afresh, replacing whatever run is in --output-dir."),
 ):
     """Fine-tune a model (full or LoRA), optionally with parameter-space EMA."""
     from .config import load_train_config
     from .train import train as run
 
-    overrides = {k: v for k, v in locals().items() if k not in ("config", "overwrite", "run", "load_train_config")}
+    overrides = {k: v for k, v in locals().items() if k not in ("config", "overwrite", "resume", "run", "load_train_config")}
     cfg = load_train_config(config, overrides)
-    out = run(cfg, overwrite=overwrite)
+    if resume and overwrite:
+        raise UserError("choose one of --resume and --overwrite")
+    out = run(cfg, overwrite=overwrite, resume=resume)
     console.print(f"[green]done[/green]: kept model in {out / 'model'}")
 
 
@@ -248,7 +252,7 @@ def main() -> None:
         if STATE["debug"]:
             raise
         console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
-        sys.exit(2)
+        sys.exit(e.exit_code)
 
 
 if __name__ == "__main__":

@@ -55,9 +55,13 @@ class TrainConfig(BaseModel):
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     gradient_checkpointing: bool = False
 
-    # --- outputs
+    # --- outputs, checkpoints and fault handling
     output_dir: str = "runs/train"
     log_every: int = Field(1, ge=1)
+    save_every: int = Field(0, ge=0)  # checkpoint every N steps and at the end; 0 = no checkpoints
+    keep_checkpoints: int = Field(1, ge=1)  # only the last K are kept (each holds weights + optimizer)
+    stop_grad_norm: float | None = Field(None, gt=0)  # stop when the grad norm exceeds this ...
+    stop_patience: int = Field(3, ge=1)  # ... for this many steps in a row
 
     @model_validator(mode="after")
     def _check(self):

@@ -1,2 +1,10 @@
 class UserError(Exception):
-    """A mistake the user can fix. The CLI prints it as one line and exits with code 2."""
+    """A mistake the user can fix. The CLI prints it as one line and exits with `exit_code`."""
+
+    exit_code = 2
+
+
+class Interrupted(UserError):
+    """Ctrl-C: training stopped cleanly at a step boundary and left a resumable checkpoint."""
+
+    exit_code = 130

@@ -105,7 +105,7 @@ def run_trial(train_values: dict, eval_values: dict, show_progress: bool = False
 
     tc = TrainConfig(**train_values)
     ev = EvalSettings(**eval_values)
-    out = train(tc, overwrite=True, show_progress=show_progress)
+    out = train(tc, show_progress=show_progress)  # same dir = same config hash: resumes or skips a finished training
     results = evaluate(str(out), ev.benches, out / "eval", utility=ev.utility, limit=ev.limit, max_new_tokens=ev.max_new_tokens,
                        batch_size=ev.batch_size, refusal_list=ev.refusal_list, data_dir=tc.data_dir, rouge_limit=ev.rouge_limit,
                        show_progress=show_progress)

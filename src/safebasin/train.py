@@ -6,8 +6,12 @@ several (`accelerate launch -m safebasin.cli train ...`).
 """
 
 import copy
+import json
 import logging
 import math
+import shutil
+import signal
+import threading
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -18,10 +22,10 @@ from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import set_seed
 from transformers import get_scheduler
 
-from . import atomic, data, models
+from . import atomic, checkpoint, data, models
 from .config import TrainConfig, read_yaml
 from .ema import EMA
-from .errors import UserError
+from .errors import Interrupted, UserError
 from .ui import progress
 
 log = logging.getLogger(__name__)
@@ -30,17 +34,35 @@ CONFIG_FILE, LOG_FILE, SUMMARY_FILE = "config.yaml", "train_log.jsonl", "train_s
 MODEL_DIR, RAW_DIR = "model", "raw"
 
 
-def check_output_dir(cfg: TrainConfig, overwrite: bool) -> Path:
+def check_output_dir(cfg: TrainConfig, overwrite: bool, resume: bool = False) -> tuple[Path, str]:
+    """(dir, mode): "fresh", "resume" (same config, a checkpoint is there) or "done" (same config, finished)."""
     out = Path(cfg.output_dir)
     saved = out / CONFIG_FILE
+    mode = "fresh"
     if saved.is_file() and not overwrite:
         if read_yaml(saved) != cfg.model_dump(mode="json"):
             raise UserError(f"{out}: holds a different run's {CONFIG_FILE}; pass --overwrite or choose another --output-dir")
+        if (out / SUMMARY_FILE).is_file() and (out / MODEL_DIR / "config.json").is_file() and not resume:
+            mode = "done"
+        elif checkpoint.latest(out):
+            mode = "resume"
+    if resume and mode != "resume":
+        raise UserError(f"{out}: no checkpoint to resume from (train with --save-every N to write them)")
+    if mode == "fresh":
+        for stale in (checkpoint.CKPT_DIR, MODEL_DIR, RAW_DIR):
+            shutil.rmtree(out / stale, ignore_errors=True)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"{out}: cannot create output dir: {e.strerror}") from None
-    return out
+    return out, mode
+
+
+def _truncate_log(path: Path, last_step: int) -> None:
+    """Drop log lines past the checkpoint, so a resumed run's log reads like an uninterrupted one."""
+    if path.is_file():
+        kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= last_step]
+        atomic.write_text(path, "".join(line + "\n" for line in kept))
 
 
 def lora_wrap(model, cfg: TrainConfig):
@@ -64,8 +86,11 @@ def total_steps(cfg: TrainConfig, n_examples: int, world: int) -> int:
     return max(1, math.ceil(cfg.epochs * n_examples / (cfg.batch_size * cfg.grad_accum * world)))
 
 
-def train(cfg: TrainConfig, overwrite: bool = False, show_progress: bool = True) -> Path:
-    out = check_output_dir(cfg, overwrite)
+def train(cfg: TrainConfig, overwrite: bool = False, show_progress: bool = True, resume: bool = False) -> Path:
+    out, mode = check_output_dir(cfg, overwrite, resume)
+    if mode == "done":
+        log.info("%s: this run already finished; pass --overwrite to train it again", out)
+        return out
     # Accelerate keeps its precision settings in a process-wide singleton; one process may train
     # several runs (sweeps, the demo) with different settings, so start each run from a clean state.
     # The distributed part (PartialState) is kept: it belongs to the launch, not the run.
@@ -78,7 +103,7 @@ def train(cfg: TrainConfig, overwrite: bool = False, show_progress: bool = True)
     model, tok = models.load(cfg.model, chat_template=cfg.chat_template, trust_remote_code=cfg.trust_remote_code)
     train_ex, _heldout, source = data.load_for_training(cfg)
     encoded = data.tokenize(train_ex, tok, cfg.max_seq_len, source)
-    if accelerator.is_main_process:
+    if accelerator.is_main_process and mode == "fresh":
         atomic.write_yaml(out / CONFIG_FILE, cfg.model_dump(mode="json"))
         (out / LOG_FILE).unlink(missing_ok=True)
     if cfg.gradient_checkpointing:
@@ -94,53 +119,99 @@ def train(cfg: TrainConfig, overwrite: bool = False, show_progress: bool = True)
     scheduler = get_scheduler("cosine" if cfg.schedule == "cosine" else "constant_with_warmup", optimizer,
                               num_warmup_steps=cfg.warmup_steps, num_training_steps=steps)
     model, optimizer = accelerator.prepare(model, optimizer)
-    params = [p for p in accelerator.unwrap_model(model).parameters() if p.requires_grad]
+    named = [(n, p) for n, p in accelerator.unwrap_model(model).named_parameters() if p.requires_grad]
+    params = [p for _, p in named]
     ema = EMA(params, cfg.ema_beta, device="cpu" if cfg.ema_on_cpu else None) if cfg.ema_beta is not None else None
     batches = data.Batches(len(encoded), cfg.batch_size, cfg.seed, accelerator.process_index, accelerator.num_processes)
     pad_id = tok.pad_token_id
+    first_step, tokens_seen = 1, 0
+    if mode == "resume":
+        ckpt = checkpoint.latest(out)
+        state = checkpoint.load(ckpt, params, [n for n, _ in named], optimizer, scheduler, ema, batches)
+        first_step, tokens_seen = state["step"] + 1, state["tokens_seen"]
+        if accelerator.is_main_process:
+            _truncate_log(out / LOG_FILE, state["step"])
+        log.info("resuming %s from %s", out, ckpt.name)
+
+    def save_checkpoint(step: int) -> None:
+        if accelerator.is_main_process:
+            checkpoint.save(out, step, named, optimizer, scheduler, ema, batches, {"tokens_seen": tokens_seen},
+                            cfg.keep_checkpoints)
+        accelerator.wait_for_everyone()
+
+    def last_good() -> str:
+        ckpt = checkpoint.latest(out)
+        return f"the last good checkpoint is {ckpt}" if ckpt else "no checkpoint was saved (use --save-every)"
+
+    # Ctrl-C stops at the next step boundary, never inside an optimizer step, and leaves a checkpoint.
+    sigint = {"hit": False}
+
+    def on_sigint(signum, frame):
+        if sigint["hit"]:  # a second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        sigint["hit"] = True
+
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous_handler = signal.signal(signal.SIGINT, on_sigint) if in_main_thread else None
 
     log.info("training %s on %s: %d examples, %d steps, effective batch %d, ema_beta=%s",
              cfg.model, source, len(encoded), steps, cfg.batch_size * cfg.grad_accum * accelerator.num_processes, cfg.ema_beta)
-    started, tokens_seen = time.perf_counter(), 0
+    started, high_norm_streak = time.perf_counter(), 0
     bar = progress() if show_progress and accelerator.is_main_process else None
-    task = bar.add_task("train", total=steps, info="") if bar else None
-    with bar or nullcontext():
-        for step in range(1, steps + 1):
-            t0 = time.perf_counter()
-            micro = [data.collate([encoded[i] for i in batches.next()], pad_id) for _ in range(cfg.grad_accum)]
-            # normalise by the response tokens of the whole accumulated (global) batch, not per micro-batch
-            n_items = sum(int((b["labels"][:, 1:] != -100).sum()) for b in micro)
-            n_items = accelerator.reduce(torch.tensor(n_items, device=accelerator.device), "sum")
-            loss_sum = torch.zeros((), device=accelerator.device)
-            for i, batch in enumerate(micro):
-                batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-                sync = i == len(micro) - 1
-                with (nullcontext() if sync else accelerator.no_sync(model)), accelerator.autocast():
-                    loss = model(**batch, num_items_in_batch=n_items).loss
-                accelerator.backward(loss * accelerator.num_processes)  # DDP averages gradients over ranks
-                loss_sum += loss.detach()
-            grad_norm = accelerator.clip_grad_norm_(params, cfg.grad_clip or float("inf"))
-            loss_value = float(accelerator.reduce(loss_sum, "sum"))
-            if not math.isfinite(loss_value):
-                raise UserError(f"step {step}: loss is {loss_value}; stopping (lower --lr or check the data)")
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            if ema is not None:
-                ema.update(params)  # the paper's rule, once per optimizer step
+    task = bar.add_task("train", total=steps, completed=first_step - 1, info="") if bar else None
+    try:
+        with bar or nullcontext():
+            for step in range(first_step, steps + 1):
+                t0 = time.perf_counter()
+                micro = [data.collate([encoded[i] for i in batches.next()], pad_id) for _ in range(cfg.grad_accum)]
+                # normalise by the response tokens of the whole accumulated (global) batch, not per micro-batch
+                n_items = sum(int((b["labels"][:, 1:] != -100).sum()) for b in micro)
+                n_items = accelerator.reduce(torch.tensor(n_items, device=accelerator.device), "sum")
+                loss_sum = torch.zeros((), device=accelerator.device)
+                for i, batch in enumerate(micro):
+                    batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+                    sync = i == len(micro) - 1
+                    with (nullcontext() if sync else accelerator.no_sync(model)), accelerator.autocast():
+                        loss = model(**batch, num_items_in_batch=n_items).loss
+                    accelerator.backward(loss * accelerator.num_processes)  # DDP averages gradients over ranks
+                    loss_sum += loss.detach()
+                grad_norm = accelerator.clip_grad_norm_(params, cfg.grad_clip or float("inf"))
+                loss_value = float(accelerator.reduce(loss_sum, "sum"))
+                if not math.isfinite(loss_value) or not math.isfinite(float(grad_norm)):
+                    raise UserError(f"step {step}: loss {loss_value}, grad norm {float(grad_norm)}: not finite; stopped "
+                                    f"before the update ({last_good()}); lower --lr or check the data")
+                high_norm_streak = high_norm_streak + 1 if cfg.stop_grad_norm and float(grad_norm) > cfg.stop_grad_norm else 0
+                if high_norm_streak >= cfg.stop_patience:
+                    raise UserError(f"step {step}: grad norm above {cfg.stop_grad_norm} for {high_norm_streak} steps in a row; "
+                                    f"stopped before the update ({last_good()})")
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                if ema is not None:
+                    ema.update(params)  # the paper's rule, once per optimizer step
 
-            seconds = time.perf_counter() - t0
-            step_tokens = int(accelerator.reduce(torch.tensor(sum(int(b["attention_mask"].sum()) for b in micro),
-                                                              device=accelerator.device), "sum"))
-            tokens_seen += step_tokens
-            if accelerator.is_main_process and (step % cfg.log_every == 0 or step == steps):
-                atomic.append_jsonl(out / LOG_FILE, {
-                    "step": step, "loss": round(loss_value, 6), "lr": scheduler.get_last_lr()[0],
-                    "tokens": step_tokens, "response_tokens": int(n_items), "grad_norm": round(float(grad_norm), 6),
-                    "seconds": round(seconds, 4),
-                })
-            if bar:
-                bar.update(task, advance=1, info=f"loss {loss_value:.3f}  {step_tokens / seconds:,.0f} tok/s")
+                seconds = time.perf_counter() - t0
+                step_tokens = int(accelerator.reduce(torch.tensor(sum(int(b["attention_mask"].sum()) for b in micro),
+                                                                  device=accelerator.device), "sum"))
+                tokens_seen += step_tokens
+                if accelerator.is_main_process and (step % cfg.log_every == 0 or step == steps):
+                    atomic.append_jsonl(out / LOG_FILE, {
+                        "step": step, "loss": round(loss_value, 6), "lr": scheduler.get_last_lr()[0],
+                        "tokens": step_tokens, "response_tokens": int(n_items), "grad_norm": round(float(grad_norm), 6),
+                        "seconds": round(seconds, 4),
+                    })
+                if bar:
+                    bar.update(task, advance=1, info=f"loss {loss_value:.3f}  {step_tokens / seconds:,.0f} tok/s")
+                if cfg.save_every and (step % cfg.save_every == 0 or step == steps):
+                    save_checkpoint(step)
+                if sigint["hit"]:
+                    if not (cfg.save_every and (step % cfg.save_every == 0 or step == steps)):
+                        save_checkpoint(step)
+                    raise Interrupted(f"interrupted after step {step}; checkpoint saved in {out / checkpoint.CKPT_DIR}; "
+                                      "re-run the same command to resume")
+    finally:
+        if previous_handler is not None:
+            signal.signal(signal.SIGINT, previous_handler)
 
     # --- save: raw (live) weights first, then θ̄ into the same tensors for the kept model
     accelerator.wait_for_everyone()
