@@ -57,6 +57,7 @@ def train(
     seed: Optional[int] = typer.Option(None),
     output_dir: Optional[str] = typer.Option(None, help="Where config.yaml, model/, raw/ and train_log.jsonl go."),
     trust_remote_code: Optional[bool] = typer.Option(None, "--trust-remote-code", help="Run code shipped with the model (off by default)."),
+    allow_pickle: Optional[bool] = typer.Option(None, "--allow-pickle", help="Load .bin (pickle) weights; they can run code."),
     save_every: Optional[int] = typer.Option(None, help="Checkpoint every N steps (and at the end); 0 = none."),
     resume: bool = typer.Option(False, help="Continue from the last checkpoint in --output-dir (re-running the same command does too)."),
     overwrite: bool = typer.Option(False, help="Start afresh, replacing whatever run is in --output-dir."),

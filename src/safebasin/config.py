@@ -26,6 +26,7 @@ class TrainConfig(BaseModel):
     max_seq_len: int = Field(256, ge=8)
     chat_template: str | None = None  # a Jinja file or string, only for models that ship none
     trust_remote_code: bool = False  # never on unless asked: it runs code from the model repo
+    allow_pickle: bool = False  # .bin/.pt weights unpickle arbitrary code; safetensors only unless asked
 
     # --- optimisation: the paper's first finding is that these decide safety
     lr: float = Field(2e-5, gt=0)  # Qi et al. baseline; 1e-4 erodes safety on small batches

@@ -3,6 +3,9 @@ class UserError(Exception):
 
     exit_code = 2
 
+    def __init__(self, message: str):
+        super().__init__(" ".join(str(message).split()))  # always one line, whatever a library put in it
+
 
 class Interrupted(UserError):
     """Ctrl-C: training stopped cleanly at a step boundary and left a resumable checkpoint."""

@@ -100,7 +100,8 @@ def train(cfg: TrainConfig, overwrite: bool = False, show_progress: bool = True,
     set_seed(cfg.seed)
 
     # --- model and data (before anything is written, so a user mistake leaves the dir as it was)
-    model, tok = models.load(cfg.model, chat_template=cfg.chat_template, trust_remote_code=cfg.trust_remote_code)
+    model, tok = models.load(cfg.model, chat_template=cfg.chat_template, trust_remote_code=cfg.trust_remote_code,
+                             allow_pickle=cfg.allow_pickle)
     train_ex, _heldout, source = data.load_for_training(cfg)
     encoded = data.tokenize(train_ex, tok, cfg.max_seq_len, source)
     if accelerator.is_main_process and mode == "fresh":
