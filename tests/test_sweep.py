@@ -120,3 +120,33 @@ def test_pareto_and_recommendation_on_hand_made_points():
     rouge = [{"label": "x", "harmful_rate": 0.2, "rougeL": 0.3}, {"label": "y", "harmful_rate": 0.1, "rougeL": 0.2},
              {"label": "z", "harmful_rate": 0.3, "rougeL": 0.25}]
     assert [p["label"] for p in report.pareto(rouge, "rougeL", True)] == ["y", "x"]
+
+
+def test_explicit_trials_list_crossed_with_the_grid(tmp_path):
+    y = tmp_path / "m.yaml"
+    y.write_text("base: {steps: 2}\ntrials:\n  - {method: sft}\n  - {method: ema, ema_beta: 0.9}\n  - {method: lora}\ngrid:\n  lr: [1.0e-5, 1.0e-4]\n")
+    ts = [t for _, t in trials(load_sweep_config(str(y), [], {}, str(tmp_path)))]
+    assert [(t.method, t.lr, t.ema_beta, t.lora_r) for t in ts] == [
+        ("sft", 1e-5, None, 0), ("sft", 1e-4, None, 0), ("ema", 1e-5, 0.9, 0), ("ema", 1e-4, 0.9, 0),
+        ("lora", 1e-5, None, 8), ("lora", 1e-4, None, 8)]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("trials:\n  - {methd: sft}\n")
+    with pytest.raises(UserError, match="unknown config key 'methd'"):
+        load_sweep_config(str(bad), [], {}, str(tmp_path))
+
+
+def test_runs_and_report_cli(finished_sweep):
+    from conftest import run_cli
+
+    cfg, _ = finished_sweep
+    ls = run_cli("runs", "ls", cfg.output_dir)
+    assert ls.returncode == 0 and ls.stdout.count("done") == 5 and "baseline" in ls.stdout
+    show = run_cli("runs", "show", cfg.output_dir, "2")
+    assert show.returncode == 0
+    shown = json.loads(show.stdout)
+    assert shown["status"] == "done" and any(m["name"] == "harmful_rate" for m in shown["metrics"])
+    assert any(m["benchmark"] == "train" and m["name"] == "tokens" and m["value"] > 0 for m in shown["metrics"])
+    rep = run_cli("report", cfg.output_dir, "--max-harm-increase", "1")
+    assert rep.returncode == 0 and "Recommended" in rep.stdout + rep.stderr
+    missing = run_cli("runs", "ls", cfg.output_dir + "-nope")
+    assert missing.returncode == 2 and "not a sweep dir" in missing.stderr

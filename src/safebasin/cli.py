@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from .errors import UserError
-from .ui import console
+from .ui import console, out
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Fine-tune chat LLMs on benign data without leaving their safety basin.")
@@ -70,8 +70,8 @@ def train(
     cfg = load_train_config(config, overrides)
     if resume and overwrite:
         raise UserError("choose one of --resume and --overwrite")
-    out = run(cfg, overwrite=overwrite, resume=resume)
-    console.print(f"[green]done[/green]: kept model in {out / 'model'}")
+    run_dir = run(cfg, overwrite=overwrite, resume=resume)
+    console.print(f"[green]done[/green]: kept model in {run_dir / 'model'}")
 
 
 @app.command("eval")
@@ -100,13 +100,13 @@ def eval_(
         raise UserError("give a model: safebasin eval MODEL or --model MODEL")
     if Path(spec).is_dir() and (Path(spec) / "model").is_dir() and output_dir is None:
         output_dir = str(Path(spec) / "eval")
-    out = Path(output_dir or "runs/eval")
-    results = evaluate(spec, bench, out, utility=utility, limit=limit, sample=sample, seed=seed,
+    out_dir = Path(output_dir or "runs/eval")
+    results = evaluate(spec, bench, out_dir, utility=utility, limit=limit, sample=sample, seed=seed,
                        max_new_tokens=max_new_tokens, batch_size=batch_size, refusal_list=refusal_list,
                        data_dir=data_dir, prompt_field=prompt_field, category_field=category_field,
                        utility_data=utility_data)
     print_eval_table(results)
-    console.print(f"wrote {out / 'eval.json'} and {out / 'generations.jsonl'}")
+    console.print(f"wrote {out_dir / 'eval.json'} and {out_dir / 'generations.jsonl'}")
 
 
 def print_eval_table(results: dict) -> None:
@@ -122,7 +122,7 @@ def print_eval_table(results: dict) -> None:
             value = b["refusal_rate"] if what == "refusal" else b["harmful_rate"]
             table.add_row(label, name, str(b["n"]), f"{value:.1%} ({what})", f"{b['ci_low']:.1%}-{b['ci_high']:.1%}",
                           f"{util['heldout_loss']:.3f}" if util else "", f"{util['rougeL']:.3f}" if util else "")
-    console.print(table)
+    out.print(table)
 
 
 @app.command()
@@ -156,9 +156,9 @@ def print_demo_table(summary: dict) -> None:
     for name, a in summary["arms"].items():
         table.add_row(name, f"{a['harmful_rate']:.1%}", f"{a['ci_low']:.0%}-{a['ci_high']:.0%}",
                       f"{a['heldout_loss']:.3f}", "" if a["rougeL"] is None else f"{a['rougeL']:.3f}")
-    console.print(table)
-    console.print("scaled down: " + "; ".join(summary["scaled_down"]), highlight=False)
-    console.print(f"wall time: {summary['timings_s']['total']:.0f} s")
+    out.print(table)
+    out.print("scaled down: " + "; ".join(summary["scaled_down"]), highlight=False)
+    out.print(f"wall time: {summary['timings_s']['total']:.0f} s")
 
 
 @app.command()
@@ -210,7 +210,7 @@ def runs_ls(sweep_dir: Path = typer.Argument(..., help="A sweep dir.")):
         table.add_row(str(r["id"]), r["config_hash"], r["kind"], r["status"], str(t.get("lr", "")),
                       str(t.get("batch_size", "")) + (f"x{t['grad_accum']}" if t.get("grad_accum", 1) > 1 else ""),
                       str(t.get("steps", "")), str(t.get("ema_beta", "")), "" if harm is None else f"{harm:.1%}")
-    console.print(table)
+    out.print(table)
 
 
 @runs_app.command("show")
@@ -242,7 +242,7 @@ def report(
     if utility not in UTILITY:
         raise UserError(f"--utility must be one of {', '.join(UTILITY)}")
     summary = sweep_report(sweep_dir, max_harm_increase, utility)
-    console.print(Markdown(summary["markdown"]))
+    out.print(Markdown(summary["markdown"]))
     console.print(f"wrote {sweep_dir / 'report.html'}, {sweep_dir / 'report.md'} and the PNGs")
 
 

@@ -10,13 +10,16 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+METHODS = ("sft", "ema", "safety-mix", "lora", "interpolate", "l2-anchor")  # see safebasin.methods
+
 from .errors import UserError
 
 
 class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
-    # --- what to train, on what
+    # --- what to train, on what, and how (safebasin.methods documents each method and its source)
+    method: Literal["sft", "ema", "safety-mix", "lora", "interpolate", "l2-anchor"] = "sft"
     model: str = "smollm2-135m-instruct"  # built-in name, HF id, save_pretrained folder or .gguf
     data: str = "dolly"  # dataset name (resolved in data_dir, then the hub) or a local file
     data_dir: str | None = None  # default: $SAFEBASIN_DATA_DIR, else ../shared/data when it exists
@@ -46,6 +49,13 @@ class TrainConfig(BaseModel):
     ema_beta: float | None = Field(None, ge=0, le=1)  # higher = closer to the aligned model, slower to learn
     ema_on_cpu: bool = False  # hold θ̄ in CPU RAM to save accelerator memory
 
+    # --- baselines that compete with EMA (method-specific; ignored by other methods)
+    safety_mix_fraction: float = Field(0.03, ge=0, le=1)  # safety-mix: share of the benign rows added as safety rows
+    safety_mix_count: int | None = Field(None, ge=0)  # safety-mix: an exact number instead of the fraction
+    safety_mix_data: str = "safety"  # safety-mix: where the (instruction -> refusal) rows come from
+    interpolate_alpha: float = Field(0.5, ge=0, le=1)  # interpolate: θ = α·θ_ft + (1−α)·θ0
+    l2_lambda: float = Field(0.01, ge=0)  # l2-anchor: loss + λ‖θ−θ0‖²
+
     # --- LoRA (0 = full fine-tuning)
     lora_r: int = Field(0, ge=0)
     lora_alpha: int | None = Field(None, ge=1)  # default: 2 * lora_r
@@ -64,8 +74,27 @@ class TrainConfig(BaseModel):
     stop_grad_norm: float | None = Field(None, gt=0)  # stop when the grad norm exceeds this ...
     stop_patience: int = Field(3, ge=1)  # ... for this many steps in a row
 
+    @model_validator(mode="before")
+    @classmethod
+    def _method_defaults(cls, values):
+        """A named method fills in the setting that defines it, when the user gave none."""
+        if isinstance(values, dict):
+            if values.get("method") == "ema" and values.get("ema_beta") is None:
+                values = values | {"ema_beta": 0.99}
+            if values.get("method") == "lora" and not values.get("lora_r"):
+                values = values | {"lora_r": 8}
+        return values
+
     @model_validator(mode="after")
     def _check(self):
+        if self.method == "ema" and not self.ema_beta:
+            raise ValueError("method ema needs ema_beta > 0")
+        if self.method == "lora" and not self.lora_r:
+            raise ValueError("method lora needs lora_r > 0")
+        if self.method == "interpolate" and self.ema_beta is not None:
+            raise ValueError("method interpolate merges the final weights with θ0; it does not combine with ema_beta")
+        if self.method in ("interpolate", "l2-anchor") and self.lora_r:
+            raise ValueError(f"method {self.method} is defined for full fine-tuning (lora_r must be 0)")
         if self.warmup_steps and self.steps and self.warmup_steps >= self.steps:
             raise ValueError(f"warmup_steps ({self.warmup_steps}) must be smaller than steps ({self.steps})")
         return self

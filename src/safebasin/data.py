@@ -250,6 +250,11 @@ def load_for_training(cfg) -> tuple[list, list, str]:
     train, heldout = split(examples, cfg.heldout_size, cfg.seed)
     if cfg.max_examples:
         train = train[: cfg.max_examples]
+    if cfg.method == "safety-mix":
+        from .methods import mix_safety
+
+        train, n = mix_safety(train, cfg)
+        log.info("safety-mix: added %d safety rows to %d benign rows", n, len(train) - n)
     return train, heldout, source
 
 

@@ -163,7 +163,7 @@ def sweep_points(store, bench: str | None = None) -> tuple[list[dict], dict | No
     points, baseline = [], None
     for run in store.runs("done"):
         m = {(r["model"], r["benchmark"], r["category"], r["name"]): r["value"] for r in store.metrics(run["id"])}
-        benches = sorted({k[1] for k in m if k[1] != "utility"})
+        benches = sorted({k[1] for k in m if k[1] not in ("utility", "train")})
         if not benches:
             continue
         bench = bench or ("advbench" if "advbench" in benches else benches[0])
@@ -177,9 +177,12 @@ def sweep_points(store, bench: str | None = None) -> tuple[list[dict], dict | No
             baseline = point | {"label": "start"}
             continue
         t = run["config"]["train"]
+        method = t.get("method", "sft")
         point |= {"lr": t["lr"], "effective_batch": t["batch_size"] * t["grad_accum"], "steps": t["steps"],
-                  "ema_beta": t["ema_beta"], "lora_r": t["lora_r"], "config": t,
-                  "label": f"lr {t['lr']:g} b{t['batch_size'] * t['grad_accum']} s{t['steps']} β{t['ema_beta']}"}
+                  "ema_beta": t["ema_beta"], "lora_r": t["lora_r"], "method": method, "config": t,
+                  "tokens": m.get(("model", "train", "", "tokens")),
+                  "label": (f"{method} " if method != "sft" else "") +
+                           f"lr {t['lr']:g} b{t['batch_size'] * t['grad_accum']} s{t['steps']} β{t['ema_beta']}"}
         points.append(point)
     return points, baseline, bench or "advbench"
 
@@ -222,9 +225,10 @@ def sweep_report(sweep_dir: str | Path, max_harm_increase: float = 0.02, utility
     md = sweep_markdown(summary, points)
     atomic.write_text(sweep_dir / "report.md", md)
     atomic.write_json(sweep_dir / "report.json", summary)
-    header = ["trial", "harmful rate", "95% CI", label, "Pareto", "recommended"]
-    rows = [[p["label"], f"{p['harmful_rate']:.1%}", f"{p['ci_low']:.1%} - {p['ci_high']:.1%}", f"{p[utility]:.4f}",
-             "yes" if p in front else "", "yes" if choice is p else ""] for p in sorted(points, key=lambda p: p["harmful_rate"])]
+    header = ["trial", "method", "steps", "train tokens", "harmful rate", "95% CI", label, "Pareto", "recommended"]
+    rows = [[p["label"], p["method"], p["steps"], p["tokens"] if p["tokens"] is not None else "", f"{p['harmful_rate']:.1%}",
+             f"{p['ci_low']:.1%} - {p['ci_high']:.1%}", f"{p[utility]:.4f}", "yes" if p in front else "",
+             "yes" if choice is p else ""] for p in sorted(points, key=lambda p: (p["method"], p["harmful_rate"]))]
     sections = [("Recommendation", f"<pre>{html.escape(md.split('## All trials')[0])}</pre>"), ("All trials", table_html(header, rows))]
     for name, png in pngs.items():
         sections.append((name.removesuffix(".png"), f"<img alt='{html.escape(name)}' src='data:image/png;base64,{base64.b64encode(png).decode()}'>"))
@@ -258,6 +262,8 @@ def sweep_markdown(summary: dict, points: list[dict]) -> str:
         lines += ["", f"**No trial** keeps the harmful rate within {limit:.1%}; lower the lr, raise the batch or β, or widen --max-harm-increase."]
     lines += ["", "## Pareto front (lower harm, better utility)"]
     lines += [f"- {p['label']}: harmful {p['harmful_rate']:.1%}, {label} {p[u]:.4f}" for p in summary["pareto"]]
-    lines += ["", "## All trials", "", f"| trial | harmful rate | {label} |", "|---|---|---|"]
-    lines += [f"| {p['label']} | {p['harmful_rate']:.1%} | {p[u]:.4f} |" for p in sorted(points, key=lambda p: p["harmful_rate"])]
+    lines += ["", "## All trials (methods side by side: same steps and tokens = matched compute)", "",
+              f"| trial | method | steps | train tokens | harmful rate | {label} |", "|---|---|---|---|---|---|"]
+    lines += [f"| {p['label']} | {p['method']} | {p['steps']} | {p['tokens'] if p['tokens'] is not None else ''} | "
+              f"{p['harmful_rate']:.1%} | {p[u]:.4f} |" for p in sorted(points, key=lambda p: (p["method"], p["harmful_rate"]))]
     return "\n".join(lines) + "\n"

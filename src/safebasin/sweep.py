@@ -38,6 +38,7 @@ class SweepConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     base: dict = {}  # TrainConfig keys shared by every trial
     grid: dict[str, list] = {}  # key -> values; the trials are the cartesian product
+    trials: list[dict] = []  # or an explicit list of settings (crossed with the grid when both are given)
     eval: EvalSettings = EvalSettings()
     baseline: bool = True  # also evaluate the starting model, for the report's "within margin" rule
     output_dir: str = "runs/sweep"
@@ -75,7 +76,7 @@ def load_sweep_config(path: str | None, grid_flags: list[str], base_overrides: d
     if output_dir:
         cfg.output_dir = output_dir
     known = set(TrainConfig.model_fields) - {"output_dir"}
-    for key in list(cfg.grid) + list(cfg.base):
+    for key in list(cfg.grid) + list(cfg.base) + [k for t in cfg.trials for k in t]:
         if key not in known:
             raise UserError(f"{path or 'sweep'}: unknown config key {key!r} in the grid or base (known: {', '.join(sorted(known))})")
     for key, vals in cfg.grid.items():
@@ -87,10 +88,12 @@ def load_sweep_config(path: str | None, grid_flags: list[str], base_overrides: d
 def trials(cfg: SweepConfig) -> list[tuple[str, TrainConfig]]:
     """(hash, TrainConfig) for every grid point; the hash ignores output_dir so it names the run dir."""
     keys = list(cfg.grid)
+    points = [dict(zip(keys, combo)) for combo in itertools.product(*(cfg.grid[k] for k in keys))]
+    if cfg.trials:
+        points = [t | p for t in cfg.trials for p in points]
     out = []
-    for combo in itertools.product(*(cfg.grid[k] for k in keys)) if keys else [()]:
-        values = cfg.base | dict(zip(keys, combo))
-        tc = build(TrainConfig, values | {"output_dir": "."}, f"sweep trial {dict(zip(keys, combo))}")
+    for point in points:
+        tc = build(TrainConfig, cfg.base | point | {"output_dir": "."}, f"sweep trial {point}")
         trial = {"train": tc.model_dump(mode="json", exclude={"output_dir"}), "eval": cfg.eval.model_dump(mode="json")}
         h = config_hash(trial)
         tc.output_dir = str(Path(cfg.output_dir) / "runs" / h)
@@ -109,7 +112,9 @@ def run_trial(train_values: dict, eval_values: dict, show_progress: bool = False
     results = evaluate(str(out), ev.benches, out / "eval", utility=ev.utility, limit=ev.limit, max_new_tokens=ev.max_new_tokens,
                        batch_size=ev.batch_size, refusal_list=ev.refusal_list, data_dir=tc.data_dir, rouge_limit=ev.rouge_limit,
                        show_progress=show_progress)
-    return eval_metrics(results), {"run_dir": str(out), "eval": str(out / "eval" / "eval.json")}
+    summary = json.loads((out / "train_summary.json").read_text())
+    train_rows = [("model", "train", "", k, summary[k]) for k in ("steps", "tokens", "examples", "seconds")]
+    return eval_metrics(results) + train_rows, {"run_dir": str(out), "eval": str(out / "eval" / "eval.json")}
 
 
 def run_baseline(cfg: SweepConfig, first: TrainConfig, show_progress: bool = False) -> tuple[list[tuple], dict]:

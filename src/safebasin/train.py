@@ -22,7 +22,7 @@ from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import set_seed
 from transformers import get_scheduler
 
-from . import atomic, checkpoint, data, models
+from . import atomic, checkpoint, data, methods, models
 from .config import TrainConfig, read_yaml
 from .ema import EMA
 from .errors import Interrupted, UserError
@@ -123,6 +123,7 @@ def train(cfg: TrainConfig, overwrite: bool = False, show_progress: bool = True,
     named = [(n, p) for n, p in accelerator.unwrap_model(model).named_parameters() if p.requires_grad]
     params = [p for _, p in named]
     ema = EMA(params, cfg.ema_beta, device="cpu" if cfg.ema_on_cpu else None) if cfg.ema_beta is not None else None
+    anchor = [p.detach().clone() for p in params] if cfg.method in ("interpolate", "l2-anchor") else None  # θ0
     batches = data.Batches(len(encoded), cfg.batch_size, cfg.seed, accelerator.process_index, accelerator.num_processes)
     pad_id = tok.pad_token_id
     first_step, tokens_seen = 1, 0
@@ -176,6 +177,7 @@ def train(cfg: TrainConfig, overwrite: bool = False, show_progress: bool = True,
                         loss = model(**batch, num_items_in_batch=n_items).loss
                     accelerator.backward(loss * accelerator.num_processes)  # DDP averages gradients over ranks
                     loss_sum += loss.detach()
+                penalty = methods.l2_anchor_grad(params, anchor, cfg.l2_lambda) if cfg.method == "l2-anchor" else None
                 grad_norm = accelerator.clip_grad_norm_(params, cfg.grad_clip or float("inf"))
                 loss_value = float(accelerator.reduce(loss_sum, "sum"))
                 if not math.isfinite(loss_value) or not math.isfinite(float(grad_norm)):
@@ -199,7 +201,7 @@ def train(cfg: TrainConfig, overwrite: bool = False, show_progress: bool = True,
                     atomic.append_jsonl(out / LOG_FILE, {
                         "step": step, "loss": round(loss_value, 6), "lr": scheduler.get_last_lr()[0],
                         "tokens": step_tokens, "response_tokens": int(n_items), "grad_norm": round(float(grad_norm), 6),
-                        "seconds": round(seconds, 4),
+                        "seconds": round(seconds, 4), **({"l2_penalty": penalty} if penalty is not None else {}),
                     })
                 if bar:
                     bar.update(task, advance=1, info=f"loss {loss_value:.3f}  {step_tokens / seconds:,.0f} tok/s")
@@ -221,6 +223,12 @@ def train(cfg: TrainConfig, overwrite: bool = False, show_progress: bool = True,
         if ema is not None:
             models.save(export(unwrapped), tok, out / RAW_DIR)
             ema.copy_to(params)
+        elif cfg.method == "interpolate":
+            models.save(export(unwrapped), tok, out / RAW_DIR)
+            merged = methods.interpolate(anchor, params, cfg.interpolate_alpha)
+            with torch.no_grad():
+                for p, m in zip(params, merged):
+                    p.copy_(m)
         models.save(export(unwrapped), tok, out / MODEL_DIR)
         atomic.write_json(out / SUMMARY_FILE, {
             "steps": steps, "examples": len(encoded), "data_source": source, "tokens": tokens_seen,

@@ -3,7 +3,8 @@
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-console = Console(stderr=True)
+console = Console(stderr=True)  # progress, logs, errors
+out = Console()  # tables and reports: stdout, so they can be piped
 
 
 def progress(transient: bool = False) -> Progress:
