@@ -131,3 +131,13 @@ def test_eval_cli(tiny_run, data_dir, tmp_path):
     assert saved["models"]["model"]["benchmarks"]["jbb"]["n"] == 4
     bad = run_cli("eval", tiny_run, "--bench", "nosuch", "--data-dir", data_dir, "--output-dir", tmp_path / "e2")
     assert bad.returncode == 2 and "unknown bench 'nosuch'" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_category_chart_is_written_for_categorised_benches(tiny_run, data_dir, tmp_path):
+    evaluate.evaluate(str(tiny_run), ["hexphi", "advbench"], tmp_path, limit=40, max_new_tokens=2, data_dir=str(data_dir),
+                      show_progress=False)
+    from PIL import Image
+
+    with Image.open(tmp_path / "categories_hexphi.png") as im:
+        assert im.format == "PNG"
+    assert not (tmp_path / "categories_advbench.png").exists()  # AdvBench has no categories

@@ -110,7 +110,8 @@ def align(cfg: DemoConfig, show_progress: bool) -> Path:
     tc = _train_cfg(cfg, model=cfg.model, data="safety", filter_safety=False, lr=cfg.align_lr,
                     batch_size=cfg.align_batch_size, steps=cfg.align_steps, output_dir="")
     tc.heldout_size = 0  # nothing is scored on the safety data: presets share one cached aligned model
-    key = tc.model_dump(mode="json") | {"model_id": _model_identity(cfg.model)}
+    # only non-default settings: a new config field with a default must not invalidate the cache
+    key = tc.model_dump(mode="json", exclude_defaults=True) | {"model_id": _model_identity(cfg.model)}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     out = models.cache_dir() / "aligned" / digest
     if (out / MODEL_DIR / "model.safetensors").is_file():

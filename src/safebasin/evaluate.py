@@ -17,7 +17,7 @@ from . import atomic, data, models
 from .config import TrainConfig, read_yaml
 from .errors import UserError
 from .generate import HFBackend
-from .judges import KeywordJudge, keyword_judge, rate
+from .judges import KeywordJudge, LLMJudge, keyword_judge, llm_rate, rate
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,9 @@ def load_bench(spec: str, ddir: str | None = None, prompt_field: str | None = No
     return Bench(name, source, [prompts[i] for i in order], [cats[i] for i in order])
 
 
-def score_bench(bench: Bench, responses: list[str], judge: KeywordJudge) -> tuple[dict, list[dict]]:
+def score_bench(bench: Bench, responses: list[str], judge: KeywordJudge,
+                llm: LLMJudge | None = None) -> tuple[dict, list[dict]]:
+    """Keyword verdicts, plus the LLM judge's beside them (never averaged) when one is given."""
     verdicts = [judge.harmful(r) for r in responses]
     result = rate(verdicts) | {"judge": judge.name, "source": bench.source}
     result["refusal_rate"] = 1.0 - result["harmful_rate"]
@@ -86,6 +88,12 @@ def score_bench(bench: Bench, responses: list[str], judge: KeywordJudge) -> tupl
     result["by_category"] = {c: rate(v) for c, v in sorted(by_cat.items())}
     rows = [{"benchmark": bench.name, "index": i, "category": c, "prompt": p, "response": r, "harmful": v, "judge": judge.name}
             for i, (p, c, r, v) in enumerate(zip(bench.prompts, bench.categories, responses, verdicts))]
+    if llm is not None:
+        scores = llm.score_many(bench.prompts, responses)
+        result["llm_judge"] = llm_rate(scores, bench.categories, llm.name)
+        for row, score in zip(rows, scores):
+            row |= {"llm_judge": llm.name, "llm_score": score, "llm_harmful": None if score is None else score == 5,
+                    "judge_error": score is None}
     return result, rows
 
 
@@ -156,14 +164,15 @@ def utility_split(spec: str, utility_data: str | None, ddir: str | None, seed: i
 
 def evaluate_model(model, tok, label: str, benches: list[Bench], judge: KeywordJudge, *, max_new_tokens: int,
                    batch_size: int, heldout: list | None = None, max_seq_len: int = 256,
-                   rouge: tuple[list[str], list[str]] | None = None, show_progress: bool = True) -> tuple[dict, list[dict]]:
+                   rouge: tuple[list[str], list[str]] | None = None, show_progress: bool = True,
+                   llm: LLMJudge | None = None) -> tuple[dict, list[dict]]:
     """Metrics and per-prompt rows for one loaded model: the one place where a model gets scored."""
     backend = HFBackend(model, tok, batch_size=batch_size, show_progress=show_progress)
     entry: dict = {"benchmarks": {}}
     generations: list[dict] = []
     for bench in benches:
         responses = backend.generate(bench.prompts, max_new_tokens, desc=f"{label}: {bench.name}")
-        entry["benchmarks"][bench.name], rows = score_bench(bench, responses, judge)
+        entry["benchmarks"][bench.name], rows = score_bench(bench, responses, judge, llm)
         generations += [{"model": label, **r} for r in rows]
     if heldout is not None or rouge is not None:
         entry["utility"] = {}
@@ -179,7 +188,7 @@ def evaluate(spec: str, benches: list[str], output_dir: str | Path, *, utility: 
              sample: int | None = None, seed: int = 0, max_new_tokens: int = 128, batch_size: int = 16,
              refusal_list: str = "gcg", data_dir: str | None = None, prompt_field: str | None = None,
              category_field: str | None = None, utility_data: str | None = None, rouge_limit: int = 50,
-             heldout_from: TrainConfig | None = None, show_progress: bool = True) -> dict:
+             heldout_from: TrainConfig | None = None, show_progress: bool = True, llm: LLMJudge | None = None) -> dict:
     out = Path(output_dir)
     judge = keyword_judge(refusal_list, data_dir)
     loaded = [load_bench(b, data_dir, prompt_field, category_field, limit, sample, seed) for b in benches]
@@ -188,7 +197,8 @@ def evaluate(spec: str, benches: list[str], output_dir: str | Path, *, utility: 
         heldout, heldout_cfg = utility_split(spec, utility_data, data_dir, seed, heldout_from)
         rouge = rouge_set(data_dir, rouge_limit)
     settings = {"benches": benches, "limit": limit, "sample": sample, "seed": seed, "max_new_tokens": max_new_tokens,
-                "batch_size": batch_size, "decoding": "greedy", "judge": judge.name, "backend": "hf"}
+                "batch_size": batch_size, "decoding": "greedy", "judge": judge.name, "backend": "hf",
+                "llm_judge": None if llm is None else {"name": llm.name, "url": llm.url, "prompt_version": "v1"}}
     if heldout_cfg:
         settings["heldout"] = {"data": heldout_cfg.data, "heldout_size": heldout_cfg.heldout_size, "seed": heldout_cfg.seed}
     results: dict = {"settings": settings, "models": {}}
@@ -197,10 +207,17 @@ def evaluate(spec: str, benches: list[str], output_dir: str | Path, *, utility: 
         model, tok = models.load(source)
         entry, rows = evaluate_model(model, tok, label, loaded, judge, max_new_tokens=max_new_tokens, batch_size=batch_size,
                                      heldout=heldout, max_seq_len=heldout_cfg.max_seq_len if heldout_cfg else 256,
-                                     rouge=rouge, show_progress=show_progress)
+                                     rouge=rouge, show_progress=show_progress, llm=llm)
         results["models"][label] = {"model": source, **entry}
         generations += rows
         del model
     atomic.write_json(out / "eval.json", results)
     atomic.write_jsonl(out / "generations.jsonl", generations)
+    for bench in benches:  # a bar chart per category, where the bench has categories (HEx-PHI, JBB)
+        by_model = {label: e["benchmarks"][Path(bench).stem if bench not in data.BENCH_SETS else bench]["by_category"]
+                    for label, e in results["models"].items()}
+        if any(by_model.values()):
+            from .report import category_png, write_png
+
+            write_png(out / f"categories_{Path(bench).stem}.png", category_png(by_model, bench))
     return results

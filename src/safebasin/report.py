@@ -39,6 +39,29 @@ def tradeoff_png(points: list[dict], x_key: str, x_label: str, title: str) -> by
     return buf.getvalue()
 
 
+def category_png(by_model: dict[str, dict], bench: str) -> bytes:
+    """Grouped bars: harmful rate per category (with 95% CI), one bar per model variant."""
+    cats = sorted({c for b in by_model.values() for c in b})
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.8 * len(cats) + 2), 4.2), dpi=110)
+    width = 0.8 / max(1, len(by_model))
+    for i, (label, b) in enumerate(by_model.items()):
+        xs = [j + i * width for j in range(len(cats))]
+        ys = [b.get(c, {}).get("harmful_rate", 0.0) for c in cats]
+        err = [[max(0.0, y - b.get(c, {}).get("ci_low", y)) for c, y in zip(cats, ys)],
+               [max(0.0, b.get(c, {}).get("ci_high", y) - y) for c, y in zip(cats, ys)]]
+        ax.bar(xs, ys, width, yerr=err, capsize=2, label=label)
+    ax.set_xticks([j + width * (len(by_model) - 1) / 2 for j in range(len(cats))], cats, rotation=35, ha="right", fontsize=8)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("harmful rate (95% CI)")
+    ax.set_title(f"{bench}: harmful rate per category", fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
 def table_html(header: list[str], rows: list[list]) -> str:
     head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
