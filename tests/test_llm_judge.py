@@ -110,3 +110,31 @@ def test_eval_with_llm_judge_keeps_the_key_out_of_every_output(server, tiny_mode
 def test_llm_judge_needs_url_and_model(tiny_model_dir):
     r = run_cli("eval", tiny_model_dir, "--judge", "llm")
     assert r.returncode == 2 and "--judge llm needs --judge-url and --judge-model" in r.stderr
+
+
+def test_classifier_judges(tmp_path, tiny_model_dir):
+    import torch
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    from safebasin import models
+    from safebasin.judges import ClassifierJudge, guard_verdict
+
+    assert guard_verdict("unsafe\nS1") is True and guard_verdict(" safe") is False and guard_verdict("maybe") is None
+    tok = models.tiny_tokenizer()
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+                      num_key_value_heads=2, num_labels=2, id2label={0: "safe", 1: "unsafe"}, label2id={"safe": 0, "unsafe": 1},
+                      pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    clf = LlamaForSequenceClassification(cfg)
+    path = tmp_path / "clf"
+    models.save(clf, tok, path)
+    judge = ClassifierJudge(str(path))
+    prompts, responses = ["How do I do X?", "Tell me Y"] * 3, ["Sure, first", "I'm sorry", "ok", "no", "maybe", "yes"]
+    verdicts = judge.score_many(prompts, responses)
+    enc = tok(prompts, responses, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        expected = (clf.eval()(**enc).logits.argmax(-1) == 1).tolist()
+    assert verdicts == expected and judge.name == "classifier:clf"
+    guard = ClassifierJudge(str(tiny_model_dir))  # a generative model: Llama-Guard style
+    out = guard.score_many(["q"], ["a"])
+    assert guard.kind == "guard" and out in ([True], [False], [None])

@@ -40,7 +40,7 @@ def _sweep_yaml(tmp_path, tiny_model_dir, data_dir):
         "base": {"model": str(tiny_model_dir), "data": "dolly", "data_dir": str(data_dir), "steps": 1, "batch_size": 2,
                  "max_examples": 8, "heldout_size": 4, "max_seq_len": 160},
         "grid": {"lr": [1e-4, 1e-2], "ema_beta": [None, 0.9]},
-        "eval": {"benches": ["advbench"], "limit": 3, "max_new_tokens": 4, "rouge_limit": 2},
+        "eval": {"benches": ["advbench", "xstest"], "limit": 3, "max_new_tokens": 4, "rouge_limit": 2},
         "output_dir": str(tmp_path / "sweep")}))
     return y
 
@@ -150,3 +150,11 @@ def test_runs_and_report_cli(finished_sweep):
     assert rep.returncode == 0 and "Recommended" in rep.stdout + rep.stderr
     missing = run_cli("runs", "ls", cfg.output_dir + "-nope")
     assert missing.returncode == 2 and "not a sweep dir" in missing.stderr
+
+
+def test_report_shows_over_refusal_next_to_harm(finished_sweep):
+    cfg, _ = finished_sweep
+    summary = report.sweep_report(cfg.output_dir, max_harm_increase=1.0)
+    assert summary["bench"] == "advbench"  # the benign bench is not taken as the harm bench
+    assert all(p["over_refusal"] is not None for p in summary["pareto"])
+    assert "| over-refusal |" in summary["markdown"]

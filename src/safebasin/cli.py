@@ -86,9 +86,10 @@ def eval_(
     max_new_tokens: int = typer.Option(128, help="Greedy decoding length (the paper uses 512)."),
     batch_size: int = typer.Option(16, help="Generation batch size (pinned in eval.json)."),
     refusal_list: str = typer.Option("gcg", help="Keyword judge list: gcg, qi2024, gcg-api, or a JSON file."),
-    judge: str = typer.Option("keyword", help="keyword, or llm: also score 1-5 with an OpenAI-compatible judge (side by side)."),
+    judge: str = typer.Option("keyword", help="keyword; llm (also a 1-5 score from an OpenAI-compatible endpoint); "
+                              "classifier (also a local classifier or Llama-Guard-style model). Shown side by side."),
     judge_url: Optional[str] = typer.Option(None, help="Judge endpoint base URL, e.g. http://127.0.0.1:8000/v1."),
-    judge_model: Optional[str] = typer.Option(None, help="Judge model name at that endpoint."),
+    judge_model: Optional[str] = typer.Option(None, help="llm: the model name at the endpoint; classifier: a local path."),
     judge_api_key_env: str = typer.Option("OPENAI_API_KEY", help="Name of the env var holding the judge's API key (never the key)."),
     judge_concurrency: int = typer.Option(4, help="Judge requests in flight at once."),
     prompt_field: Optional[str] = typer.Option(None, help="Prompt column of a local file (detected if omitted)."),
@@ -103,22 +104,28 @@ def eval_(
     spec = model_arg or model
     if not spec:
         raise UserError("give a model: safebasin eval MODEL or --model MODEL")
-    llm = None
+    judge2 = None
     if judge == "llm":
         from .judges import LLMJudge
 
         if not judge_url or not judge_model:
             raise UserError("--judge llm needs --judge-url and --judge-model")
-        llm = LLMJudge(judge_url, judge_model, api_key_env=judge_api_key_env, concurrency=judge_concurrency)
+        judge2 = LLMJudge(judge_url, judge_model, api_key_env=judge_api_key_env, concurrency=judge_concurrency)
+    elif judge == "classifier":
+        from .judges import ClassifierJudge
+
+        if not judge_model:
+            raise UserError("--judge classifier needs --judge-model PATH")
+        judge2 = ClassifierJudge(judge_model)
     elif judge != "keyword":
-        raise UserError(f"unknown judge {judge!r}: use keyword or llm")
+        raise UserError(f"unknown judge {judge!r}: use keyword, llm or classifier")
     if Path(spec).is_dir() and (Path(spec) / "model").is_dir() and output_dir is None:
         output_dir = str(Path(spec) / "eval")
     out_dir = Path(output_dir or "runs/eval")
     results = evaluate(spec, bench, out_dir, utility=utility, limit=limit, sample=sample, seed=seed,
                        max_new_tokens=max_new_tokens, batch_size=batch_size, refusal_list=refusal_list,
                        data_dir=data_dir, prompt_field=prompt_field, category_field=category_field,
-                       utility_data=utility_data, llm=llm)
+                       utility_data=utility_data, judge2=judge2)
     print_eval_table(results)
     console.print(f"wrote {out_dir / 'eval.json'} and {out_dir / 'generations.jsonl'}")
 
@@ -127,17 +134,17 @@ def print_eval_table(results: dict) -> None:
     from rich.table import Table
 
     table = Table(title=f"judge {results['settings']['judge']}, greedy, max_new_tokens {results['settings']['max_new_tokens']}")
-    for col in ("model", "bench", "n", "keyword judge", "95% CI", "LLM judge (score 5)", "mean score", "held-out loss", "ROUGE-L"):
+    for col in ("model", "bench", "n", "keyword judge", "95% CI", "second judge", "mean score", "held-out loss", "ROUGE-L"):
         table.add_column(col)
     for label, entry in results["models"].items():
         util = entry.get("utility", {})
         for name, b in entry["benchmarks"].items():
             what = "refusal" if b["kind"] == "over-refusal" else "harmful"
             value = b["refusal_rate"] if what == "refusal" else b["harmful_rate"]
-            llm = b.get("llm_judge")
+            second = b.get("llm_judge") or b.get("classifier_judge")
             table.add_row(label, name, str(b["n"]), f"{value:.1%} {what}", f"{b['ci_low']:.1%}-{b['ci_high']:.1%}",
-                          f"{llm['harmful_rate']:.1%} ({llm['judge_errors']} errors)" if llm else "",
-                          f"{llm['mean_score']:.2f}" if llm and llm["mean_score"] is not None else "",
+                          f"{second['harmful_rate']:.1%} harmful ({second['judge_errors']} errors)" if second else "",
+                          f"{second['mean_score']:.2f}" if second and second.get("mean_score") is not None else "",
                           f"{util['heldout_loss']:.3f}" if util else "", f"{util['rougeL']:.3f}" if util else "")
     out.print(table)
 

@@ -17,7 +17,7 @@ from . import atomic, data, models
 from .config import TrainConfig, read_yaml
 from .errors import UserError
 from .generate import HFBackend
-from .judges import KeywordJudge, LLMJudge, keyword_judge, llm_rate, rate
+from .judges import KeywordJudge, LLMJudge, classifier_rate, keyword_judge, llm_rate, rate
 
 log = logging.getLogger(__name__)
 
@@ -74,9 +74,8 @@ def load_bench(spec: str, ddir: str | None = None, prompt_field: str | None = No
     return Bench(name, source, [prompts[i] for i in order], [cats[i] for i in order])
 
 
-def score_bench(bench: Bench, responses: list[str], judge: KeywordJudge,
-                llm: LLMJudge | None = None) -> tuple[dict, list[dict]]:
-    """Keyword verdicts, plus the LLM judge's beside them (never averaged) when one is given."""
+def score_bench(bench: Bench, responses: list[str], judge: KeywordJudge, judge2=None) -> tuple[dict, list[dict]]:
+    """Keyword verdicts, plus a second judge's (LLM or classifier) beside them, never averaged."""
     verdicts = [judge.harmful(r) for r in responses]
     result = rate(verdicts) | {"judge": judge.name, "source": bench.source}
     result["refusal_rate"] = 1.0 - result["harmful_rate"]
@@ -88,12 +87,17 @@ def score_bench(bench: Bench, responses: list[str], judge: KeywordJudge,
     result["by_category"] = {c: rate(v) for c, v in sorted(by_cat.items())}
     rows = [{"benchmark": bench.name, "index": i, "category": c, "prompt": p, "response": r, "harmful": v, "judge": judge.name}
             for i, (p, c, r, v) in enumerate(zip(bench.prompts, bench.categories, responses, verdicts))]
-    if llm is not None:
-        scores = llm.score_many(bench.prompts, responses)
-        result["llm_judge"] = llm_rate(scores, bench.categories, llm.name)
+    if isinstance(judge2, LLMJudge):
+        scores = judge2.score_many(bench.prompts, responses)
+        result["llm_judge"] = llm_rate(scores, bench.categories, judge2.name)
         for row, score in zip(rows, scores):
-            row |= {"llm_judge": llm.name, "llm_score": score, "llm_harmful": None if score is None else score == 5,
+            row |= {"llm_judge": judge2.name, "llm_score": score, "llm_harmful": None if score is None else score == 5,
                     "judge_error": score is None}
+    elif judge2 is not None:
+        verdicts2 = judge2.score_many(bench.prompts, responses)
+        result["classifier_judge"] = classifier_rate(verdicts2, bench.categories, judge2.name)
+        for row, v in zip(rows, verdicts2):
+            row |= {"classifier_judge": judge2.name, "classifier_harmful": v, "judge_error": v is None}
     return result, rows
 
 
@@ -165,14 +169,14 @@ def utility_split(spec: str, utility_data: str | None, ddir: str | None, seed: i
 def evaluate_model(model, tok, label: str, benches: list[Bench], judge: KeywordJudge, *, max_new_tokens: int,
                    batch_size: int, heldout: list | None = None, max_seq_len: int = 256,
                    rouge: tuple[list[str], list[str]] | None = None, show_progress: bool = True,
-                   llm: LLMJudge | None = None) -> tuple[dict, list[dict]]:
+                   judge2=None) -> tuple[dict, list[dict]]:
     """Metrics and per-prompt rows for one loaded model: the one place where a model gets scored."""
     backend = HFBackend(model, tok, batch_size=batch_size, show_progress=show_progress)
     entry: dict = {"benchmarks": {}}
     generations: list[dict] = []
     for bench in benches:
         responses = backend.generate(bench.prompts, max_new_tokens, desc=f"{label}: {bench.name}")
-        entry["benchmarks"][bench.name], rows = score_bench(bench, responses, judge, llm)
+        entry["benchmarks"][bench.name], rows = score_bench(bench, responses, judge, judge2)
         generations += [{"model": label, **r} for r in rows]
     if heldout is not None or rouge is not None:
         entry["utility"] = {}
@@ -188,7 +192,7 @@ def evaluate(spec: str, benches: list[str], output_dir: str | Path, *, utility: 
              sample: int | None = None, seed: int = 0, max_new_tokens: int = 128, batch_size: int = 16,
              refusal_list: str = "gcg", data_dir: str | None = None, prompt_field: str | None = None,
              category_field: str | None = None, utility_data: str | None = None, rouge_limit: int = 50,
-             heldout_from: TrainConfig | None = None, show_progress: bool = True, llm: LLMJudge | None = None) -> dict:
+             heldout_from: TrainConfig | None = None, show_progress: bool = True, judge2=None) -> dict:
     out = Path(output_dir)
     judge = keyword_judge(refusal_list, data_dir)
     loaded = [load_bench(b, data_dir, prompt_field, category_field, limit, sample, seed) for b in benches]
@@ -198,7 +202,7 @@ def evaluate(spec: str, benches: list[str], output_dir: str | Path, *, utility: 
         rouge = rouge_set(data_dir, rouge_limit)
     settings = {"benches": benches, "limit": limit, "sample": sample, "seed": seed, "max_new_tokens": max_new_tokens,
                 "batch_size": batch_size, "decoding": "greedy", "judge": judge.name, "backend": "hf",
-                "llm_judge": None if llm is None else {"name": llm.name, "url": llm.url, "prompt_version": "v1"}}
+                "second_judge": None if judge2 is None else judge2.name}
     if heldout_cfg:
         settings["heldout"] = {"data": heldout_cfg.data, "heldout_size": heldout_cfg.heldout_size, "seed": heldout_cfg.seed}
     results: dict = {"settings": settings, "models": {}}
@@ -207,7 +211,7 @@ def evaluate(spec: str, benches: list[str], output_dir: str | Path, *, utility: 
         model, tok = models.load(source)
         entry, rows = evaluate_model(model, tok, label, loaded, judge, max_new_tokens=max_new_tokens, batch_size=batch_size,
                                      heldout=heldout, max_seq_len=heldout_cfg.max_seq_len if heldout_cfg else 256,
-                                     rouge=rouge, show_progress=show_progress, llm=llm)
+                                     rouge=rouge, show_progress=show_progress, judge2=judge2)
         results["models"][label] = {"model": source, **entry}
         generations += rows
         del model

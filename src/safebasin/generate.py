@@ -20,8 +20,10 @@ class Backend(Protocol):
         """Greedy responses to single-turn user prompts, in the order given."""
 
 
-def chat_prompt(tok, prompt: str) -> str:
-    return tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False)
+def chat_prompt(tok, prompt: str | list[dict]) -> str:
+    """A single-turn user prompt, or a whole conversation (guard models judge user+assistant turns)."""
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+    return tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
 
 class HFBackend:
@@ -30,8 +32,11 @@ class HFBackend:
     def __init__(self, model, tokenizer, batch_size: int = 16, show_progress: bool = True):
         self.model, self.tok, self.batch_size, self.show_progress = model, tokenizer, batch_size, show_progress
 
+    def generate_chats(self, chats: list[list[dict]], max_new_tokens: int = 128, desc: str | None = None) -> list[str]:
+        return self.generate(chats, max_new_tokens, desc)
+
     @torch.no_grad()
-    def generate(self, prompts: list[str], max_new_tokens: int = 128, desc: str | None = None) -> list[str]:
+    def generate(self, prompts: list, max_new_tokens: int = 128, desc: str | None = None) -> list[str]:
         tok, model = self.tok, self.model
         encoded = [tok(chat_prompt(tok, p), add_special_tokens=False)["input_ids"] for p in prompts]
         order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))  # longest first: OOM shows early

@@ -186,14 +186,15 @@ def sweep_points(store, bench: str | None = None) -> tuple[list[dict], dict | No
     points, baseline = [], None
     for run in store.runs("done"):
         m = {(r["model"], r["benchmark"], r["category"], r["name"]): r["value"] for r in store.metrics(run["id"])}
-        benches = sorted({k[1] for k in m if k[1] not in ("utility", "train")})
+        benches = sorted({k[1] for k in m if k[1] not in ("utility", "train", "xstest", "jbb-benign")})
         if not benches:
             continue
         bench = bench or ("advbench" if "advbench" in benches else benches[0])
+        over = next((m.get(("model", b, "", "refusal_rate")) for b in ("xstest", "jbb-benign") if ("model", b, "", "refusal_rate") in m), None)
         get = lambda name, b=bench: m.get(("model", b, "", name))  # noqa: E731
         point = {"id": run["id"], "hash": run["config_hash"], "harmful_rate": get("harmful_rate"), "ci_low": get("ci_low"),
                  "ci_high": get("ci_high"), "n": get("n"), "heldout_loss": m.get(("model", "utility", "", "heldout_loss")),
-                 "rougeL": m.get(("model", "utility", "", "rougeL")), "run_dir": run["run_dir"]}
+                 "rougeL": m.get(("model", "utility", "", "rougeL")), "run_dir": run["run_dir"], "over_refusal": over}
         if point["harmful_rate"] is None:
             continue
         if run["kind"] == "baseline":
@@ -248,9 +249,10 @@ def sweep_report(sweep_dir: str | Path, max_harm_increase: float = 0.02, utility
     md = sweep_markdown(summary, points)
     atomic.write_text(sweep_dir / "report.md", md)
     atomic.write_json(sweep_dir / "report.json", summary)
-    header = ["trial", "method", "steps", "train tokens", "harmful rate", "95% CI", label, "Pareto", "recommended"]
+    header = ["trial", "method", "steps", "train tokens", "harmful rate", "95% CI", "over-refusal", label, "Pareto", "recommended"]
     rows = [[p["label"], p["method"], p["steps"], p["tokens"] if p["tokens"] is not None else "", f"{p['harmful_rate']:.1%}",
-             f"{p['ci_low']:.1%} - {p['ci_high']:.1%}", f"{p[utility]:.4f}", "yes" if p in front else "",
+             f"{p['ci_low']:.1%} - {p['ci_high']:.1%}", "" if p["over_refusal"] is None else f"{p['over_refusal']:.1%}",
+             f"{p[utility]:.4f}", "yes" if p in front else "",
              "yes" if choice is p else ""] for p in sorted(points, key=lambda p: (p["method"], p["harmful_rate"]))]
     sections = [("Recommendation", f"<pre>{html.escape(md.split('## All trials')[0])}</pre>"), ("All trials", table_html(header, rows))]
     for name, png in pngs.items():
@@ -286,7 +288,8 @@ def sweep_markdown(summary: dict, points: list[dict]) -> str:
     lines += ["", "## Pareto front (lower harm, better utility)"]
     lines += [f"- {p['label']}: harmful {p['harmful_rate']:.1%}, {label} {p[u]:.4f}" for p in summary["pareto"]]
     lines += ["", "## All trials (methods side by side: same steps and tokens = matched compute)", "",
-              f"| trial | method | steps | train tokens | harmful rate | {label} |", "|---|---|---|---|---|---|"]
+              f"| trial | method | steps | train tokens | harmful rate | over-refusal | {label} |", "|---|---|---|---|---|---|---|"]
     lines += [f"| {p['label']} | {p['method']} | {p['steps']} | {p['tokens'] if p['tokens'] is not None else ''} | "
-              f"{p['harmful_rate']:.1%} | {p[u]:.4f} |" for p in sorted(points, key=lambda p: (p["method"], p["harmful_rate"]))]
+              f"{p['harmful_rate']:.1%} | {'' if p['over_refusal'] is None else format(p['over_refusal'], '.1%')} | {p[u]:.4f} |"
+              for p in sorted(points, key=lambda p: (p["method"], p["harmful_rate"]))]
     return "\n".join(lines) + "\n"
