@@ -148,3 +148,24 @@ def test_batches_are_seeded_cover_each_epoch_and_resume():
     r0, r1 = data.Batches(10, 3, seed=1, rank=0, world=2), data.Batches(10, 3, seed=1, rank=1, world=2)
     for _ in range(4):
         assert r0.next() + r1.next() == single.next()
+
+
+def test_length_grouped_batches_cover_the_epoch_with_less_padding():
+    import random as _r
+
+    lengths = [_r.Random(i).randint(5, 300) for i in range(400)]
+    plain, grouped = data.Batches(400, 8, seed=1), data.Batches(400, 8, seed=1, lengths=lengths)
+    pb, gb = [plain.next() for _ in range(50)], [grouped.next() for _ in range(50)]
+    assert sorted(i for b in gb for i in b) == list(range(400))  # every row once per epoch
+
+    def padding(bs):
+        return sum(max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b) for b in bs)
+
+    assert padding(gb) < 0.2 * padding(pb)
+    again = data.Batches(400, 8, seed=1, lengths=lengths)
+    assert [again.next() for _ in range(50)] == gb  # seeded
+    state = grouped.state_dict()
+    rest = [grouped.next() for _ in range(10)]
+    resumed = data.Batches(400, 8, seed=1, lengths=lengths)
+    resumed.load_state_dict(state)
+    assert [resumed.next() for _ in range(10)] == rest

@@ -35,6 +35,7 @@ class TrainConfig(BaseModel):
     lr: float = Field(2e-5, gt=0)  # Qi et al. baseline; 1e-4 erodes safety on small batches
     batch_size: int = Field(8, ge=1)  # per device, per micro-batch
     grad_accum: int = Field(1, ge=1)  # effective batch = batch_size * grad_accum * devices
+    group_by_length: bool = False  # batch rows of similar length: much less padding, a slightly less random order
     steps: int | None = Field(None, ge=1)  # optimizer steps; overrides epochs when set
     epochs: float = Field(1.0, gt=0)
     schedule: Literal["cosine", "constant"] = "cosine"

@@ -312,17 +312,31 @@ class Batches:
 
     Each epoch is a fresh permutation from (seed, epoch). With several processes each takes
     its own slice of every global batch, so the union equals the single-process batch.
+    With `lengths`, each window of 50 global batches is sorted by length before it is cut
+    into batches (then the batches are shuffled): far less padding, the same rows per epoch.
     """
 
-    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world: int = 1):
+    GROUP_WINDOW = 50
+
+    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world: int = 1, lengths: list[int] | None = None):
         self.n, self.batch_size, self.seed, self.rank, self.world = n, batch_size, seed, rank, world
+        self.lengths = lengths
         self.epoch, self.offset = 0, 0
         self._order = self._permutation()
 
     def _permutation(self) -> list[int]:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return torch.randperm(self.n, generator=g).tolist()
-
+        order = torch.randperm(self.n, generator=g).tolist()
+        if self.lengths is None:
+            return order
+        size = self.batch_size * self.world
+        window = size * self.GROUP_WINDOW
+        grouped: list[list[int]] = []
+        for start in range(0, self.n, window):
+            chunk = sorted(order[start: start + window], key=lambda i: -self.lengths[i])
+            grouped += [chunk[i: i + size] for i in range(0, len(chunk), size)]
+        shuffled = torch.randperm(len(grouped), generator=g).tolist()
+        return [i for b in shuffled for i in grouped[b]]
     def next(self) -> list[int]:
         size = self.batch_size * self.world
         picked = []

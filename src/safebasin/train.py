@@ -124,7 +124,8 @@ def train(cfg: TrainConfig, overwrite: bool = False, show_progress: bool = True,
     params = [p for _, p in named]
     ema = EMA(params, cfg.ema_beta, device="cpu" if cfg.ema_on_cpu else None) if cfg.ema_beta is not None else None
     anchor = [p.detach().clone() for p in params] if cfg.method in ("interpolate", "l2-anchor") else None  # θ0
-    batches = data.Batches(len(encoded), cfg.batch_size, cfg.seed, accelerator.process_index, accelerator.num_processes)
+    batches = data.Batches(len(encoded), cfg.batch_size, cfg.seed, accelerator.process_index, accelerator.num_processes,
+                           lengths=[len(x["input_ids"]) for x in encoded] if cfg.group_by_length else None)
     pad_id = tok.pad_token_id
     first_step, tokens_seen = 1, 0
     if mode == "resume":
@@ -197,10 +198,13 @@ def train(cfg: TrainConfig, overwrite: bool = False, show_progress: bool = True,
                 step_tokens = int(accelerator.reduce(torch.tensor(sum(int(b["attention_mask"].sum()) for b in micro),
                                                                   device=accelerator.device), "sum"))
                 tokens_seen += step_tokens
+                padded_tokens = int(accelerator.reduce(torch.tensor(sum(b["attention_mask"].numel() for b in micro),
+                                                                    device=accelerator.device), "sum"))
                 if accelerator.is_main_process and (step % cfg.log_every == 0 or step == steps):
                     atomic.append_jsonl(out / LOG_FILE, {
                         "step": step, "loss": round(loss_value, 6), "lr": scheduler.get_last_lr()[0],
-                        "tokens": step_tokens, "response_tokens": int(n_items), "grad_norm": round(float(grad_norm), 6),
+                        "tokens": step_tokens, "padded_tokens": padded_tokens, "response_tokens": int(n_items),
+                        "grad_norm": round(float(grad_norm), 6),
                         "seconds": round(seconds, 4), **({"l2_penalty": penalty} if penalty is not None else {}),
                     })
                 if bar:
