@@ -17,7 +17,7 @@ from . import atomic, data, models
 from .config import TrainConfig, read_yaml
 from .errors import UserError
 from .generate import HFBackend
-from .judges import KeywordJudge, LLMJudge, classifier_rate, keyword_judge, llm_rate, rate
+from .judges import KeywordJudge, LLMJudge, breakdown, classifier_rate, keyword_judge, llm_rate
 
 log = logging.getLogger(__name__)
 
@@ -77,14 +77,10 @@ def load_bench(spec: str, ddir: str | None = None, prompt_field: str | None = No
 def score_bench(bench: Bench, responses: list[str], judge: KeywordJudge, judge2=None) -> tuple[dict, list[dict]]:
     """Keyword verdicts, plus a second judge's (LLM or classifier) beside them, never averaged."""
     verdicts = [judge.harmful(r) for r in responses]
-    result = rate(verdicts) | {"judge": judge.name, "source": bench.source}
+    result = breakdown(verdicts, bench.categories) | {"judge": judge.name, "source": bench.source}
+    del result["judge_errors"]  # the keyword judge never fails
     result["refusal_rate"] = 1.0 - result["harmful_rate"]
     result["kind"] = "over-refusal" if bench.name in BENIGN_BENCHES else "harmful"
-    by_cat: dict[str, list[bool]] = {}
-    for c, v in zip(bench.categories, verdicts):
-        if c is not None:
-            by_cat.setdefault(c, []).append(v)
-    result["by_category"] = {c: rate(v) for c, v in sorted(by_cat.items())}
     rows = [{"benchmark": bench.name, "index": i, "category": c, "prompt": p, "response": r, "harmful": v, "judge": judge.name}
             for i, (p, c, r, v) in enumerate(zip(bench.prompts, bench.categories, responses, verdicts))]
     if isinstance(judge2, LLMJudge):

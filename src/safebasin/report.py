@@ -16,6 +16,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 from . import atomic  # noqa: E402
 
 
+def _png(fig) -> bytes:
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
 def tradeoff_png(points: list[dict], x_key: str, x_label: str, title: str) -> bytes:
     """points: {"label", "harmful_rate", "ci_low", "ci_high", x_key, "marker"?}. Lower-left is better."""
     fig, ax = plt.subplots(figsize=(6.4, 4.6), dpi=120)
@@ -32,11 +40,7 @@ def tradeoff_png(points: list[dict], x_key: str, x_label: str, title: str) -> by
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    return _png(fig)
 
 
 def category_png(by_model: dict[str, dict], bench: str) -> bytes:
@@ -55,11 +59,7 @@ def category_png(by_model: dict[str, dict], bench: str) -> bytes:
     ax.set_ylabel("harmful rate (95% CI)")
     ax.set_title(f"{bench}: harmful rate per category", fontsize=10)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    return _png(fig)
 
 
 def table_html(header: list[str], rows: list[list]) -> str:
@@ -154,11 +154,7 @@ def heatmap_png(points: list[dict], title: str) -> bytes:
                 ax.text(j, i, f"{grid[i][j]:.0%}", ha="center", va="center", fontsize=8)
     fig.colorbar(im, ax=ax, label="harmful rate")
     ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    return _png(fig)
 
 
 def steps_png(points: list[dict]) -> bytes:
@@ -174,11 +170,7 @@ def steps_png(points: list[dict]) -> bytes:
     ax.set_ylim(-0.03, 1.03)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    return _png(fig)
 
 
 def sweep_points(store, bench: str | None = None) -> tuple[list[dict], dict | None, str]:
