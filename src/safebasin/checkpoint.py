@@ -64,6 +64,8 @@ def save(out: Path, step: int, named_params: list[tuple[str, torch.Tensor]], opt
         raise
     for old in sorted(p for p in root.glob("step-*") if p.is_dir())[:-keep]:  # keep the last K
         shutil.rmtree(old, ignore_errors=True)
+    for stale in root.glob(".step-*.tmp*"):  # left by a save that was killed
+        shutil.rmtree(stale, ignore_errors=True)
     return final
 
 

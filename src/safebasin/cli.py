@@ -270,6 +270,26 @@ def report(
     console.print(f"wrote {sweep_dir / 'report.html'}, {sweep_dir / 'report.md'} and the PNGs")
 
 
+@app.command("basin")
+def basin_cmd(
+    run_dir: Path = typer.Argument(..., help="A finished `safebasin train` output dir."),
+    bench: str = typer.Option("advbench", help="The eval bench; the probe is drawn from a disjoint set (JBB for AdvBench)."),
+    probe: int = typer.Option(32, help="Probe prompts (seeded sample)."),
+    max_new_tokens: int = typer.Option(32),
+):
+    """Harmful rate and held-out loss along θ0 → θ_raw, with the EMA weights placed on the line."""
+    from .basin import basin
+
+    result = basin(run_dir, bench, probe, max_new_tokens)
+    for p in result["points"]:
+        out.print(f"α={p['alpha']:<5} harmful {p['harmful_rate']:.1%}  held-out loss {p['heldout_loss']:.4f}")
+    if result["ema"]:
+        e = result["ema"]
+        out.print(f"EMA at α={e['alpha']:.3f} (off the line by {e['off_line_norm']:.3g}): harmful {e['harmful_rate']:.1%}  "
+                  f"held-out loss {e['heldout_loss']:.4f}")
+    console.print(f"wrote {run_dir / 'basin.json'} and {run_dir / 'basin.png'}")
+
+
 def main() -> None:
     try:
         app()  # standalone: typer handles usage errors (exit 2) and --help itself

@@ -62,6 +62,28 @@ def category_png(by_model: dict[str, dict], bench: str) -> bytes:
     return _png(fig)
 
 
+def basin_png(result: dict) -> bytes:
+    """Harmful rate and held-out loss along θ0 → θ_raw, with raw (α=1) and EMA marked."""
+    pts = result["points"]
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
+    ax.plot([p["alpha"] for p in pts], [p["harmful_rate"] for p in pts], "o-", color="tab:red", label="probe harmful rate")
+    ax.set_xlabel("α along θ0 → θ_raw (0 = start, 1 = raw fine-tune)")
+    ax.set_ylabel("harmful rate", color="tab:red")
+    ax.set_ylim(-0.03, 1.03)
+    ax2 = ax.twinx()
+    ax2.plot([p["alpha"] for p in pts], [p["heldout_loss"] for p in pts], "s--", color="tab:blue", label="held-out loss")
+    ax2.set_ylabel("held-out loss", color="tab:blue")
+    ax.axvline(1.0, color="gray", ls=":", lw=1)
+    ax.annotate("raw", (1.0, 1.0), xytext=(3, -10), textcoords="offset points", fontsize=8)
+    if result.get("ema"):
+        e = result["ema"]
+        ax.plot([e["alpha"]], [e["harmful_rate"]], "*", ms=16, color="black", label=f"EMA (α={e['alpha']:.2f})")
+        ax2.plot([e["alpha"]], [e["heldout_loss"]], "*", ms=12, color="tab:blue")
+    ax.legend(loc="upper left", fontsize=8)
+    ax.set_title(f"safety basin: probe {result['probe']} (n={result['probe_n']}), {result['judge']}", fontsize=9)
+    return _png(fig)
+
+
 def table_html(header: list[str], rows: list[list]) -> str:
     head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
