@@ -59,6 +59,8 @@ def train(
     trust_remote_code: Optional[bool] = typer.Option(None, "--trust-remote-code", help="Run code shipped with the model (off by default)."),
     allow_pickle: Optional[bool] = typer.Option(None, "--allow-pickle", help="Load .bin (pickle) weights; they can run code."),
     save_every: Optional[int] = typer.Option(None, help="Checkpoint every N steps (and at the end); 0 = none."),
+    monitor: Optional[int] = typer.Option(None, help="Safety monitor: N probe evaluations over the run (10 is a good start)."),
+    monitor_stop: Optional[float] = typer.Option(None, help="Stop when the kept model's probe harmful rate exceeds the start's by this."),
     resume: bool = typer.Option(False, help="Continue from the last checkpoint in --output-dir (re-running the same command does too)."),
     overwrite: bool = typer.Option(False, help="Start afresh, replacing whatever run is in --output-dir."),
 ):

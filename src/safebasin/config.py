@@ -67,6 +67,14 @@ class TrainConfig(BaseModel):
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     gradient_checkpointing: bool = False
 
+    # --- safety monitor: probe harmful rate during training (0 = off)
+    monitor: int = Field(0, ge=0)  # number of probe evaluations over the run (--monitor gives 10)
+    monitor_bench: str = "advbench"  # the eval bench; the probe is drawn from a disjoint set (JBB for AdvBench)
+    monitor_probe: int = Field(32, ge=1)  # probe prompts, a seeded sample
+    monitor_max_new_tokens: int = Field(32, ge=1)
+    monitor_stop: float | None = Field(None, gt=0, le=1)  # stop when the kept model's probe rate exceeds the start's by this
+    refusal_list: str = "gcg"  # keyword judge list for the monitor
+
     # --- outputs, checkpoints and fault handling
     output_dir: str = "runs/train"
     log_every: int = Field(1, ge=1)

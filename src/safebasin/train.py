@@ -9,6 +9,7 @@ import copy
 import json
 import logging
 import math
+import os
 import shutil
 import signal
 import threading
@@ -146,6 +147,45 @@ def train(cfg: TrainConfig, overwrite: bool = False, show_progress: bool = True,
         ckpt = checkpoint.latest(out)
         return f"the last good checkpoint is {ckpt}" if ckpt else "no checkpoint was saved (use --save-every)"
 
+    # --- safety monitor: the probe's harmful rate for live and EMA weights, and distances from θ0
+    probe = None
+    if cfg.monitor:
+        from .basin import probe_prompts, probe_rate
+        from .judges import keyword_judge
+
+        probe_name, probe_set = probe_prompts(cfg.monitor_bench, cfg.monitor_probe, cfg.seed, cfg.data_dir)
+        monitor_judge = keyword_judge(cfg.refusal_list, cfg.data_dir)
+        monitor_every = max(1, steps // cfg.monitor)
+        theta0 = anchor if anchor is not None else [p.detach().to("cpu", copy=True) for p in params]
+        unwrapped_model = accelerator.unwrap_model(model)
+
+        def probe(step: int) -> dict:
+            def rate_now() -> float:
+                return probe_rate(unwrapped_model, tok, probe_set, monitor_judge, cfg.monitor_max_new_tokens)["harmful_rate"]
+
+            def dist(ts) -> float:
+                return float(sum(float((t.detach().float().cpu() - t0.float().cpu()).pow(2).sum()) for t, t0 in zip(ts, theta0)) ** 0.5)
+
+            unwrapped_model.eval()
+            row = {"probe": probe_name, "probe_harmful_live": rate_now(), "dist_live": dist(params)}
+            if ema is not None:
+                live = [p.detach().clone() for p in params]
+                ema.copy_to(params)
+                row |= {"probe_harmful_ema": rate_now(), "dist_ema": dist(ema.shadow)}
+                with torch.no_grad():
+                    for p, saved in zip(params, live):
+                        p.copy_(saved)
+            unwrapped_model.train()
+            row["probe_harmful_kept"] = row.get("probe_harmful_ema", row["probe_harmful_live"])
+            return row
+
+        start_probe = probe(0)
+        log.info("monitor: probe %s (%d prompts), kept model starts at %.1f%% harmful",
+                 probe_name, len(probe_set), 100 * start_probe["probe_harmful_kept"])
+        if cfg.monitor_stop and accelerator.is_main_process:
+            models.save(export(unwrapped_model), tok, out / "monitor_last_safe")
+        monitor_safe_step, monitor_stopped = 0, None
+
     # Ctrl-C stops at the next step boundary, never inside an optimizer step, and leaves a checkpoint.
     sigint = {"hit": False}
 
@@ -198,6 +238,7 @@ def train(cfg: TrainConfig, overwrite: bool = False, show_progress: bool = True,
                 step_tokens = int(accelerator.reduce(torch.tensor(sum(int(b["attention_mask"].sum()) for b in micro),
                                                                   device=accelerator.device), "sum"))
                 tokens_seen += step_tokens
+                watch = probe(step) if probe and (step % monitor_every == 0 or step == steps) else {}
                 padded_tokens = int(accelerator.reduce(torch.tensor(sum(b["attention_mask"].numel() for b in micro),
                                                                     device=accelerator.device), "sum"))
                 if accelerator.is_main_process and (step % cfg.log_every == 0 or step == steps):
@@ -205,10 +246,27 @@ def train(cfg: TrainConfig, overwrite: bool = False, show_progress: bool = True,
                         "step": step, "loss": round(loss_value, 6), "lr": scheduler.get_last_lr()[0],
                         "tokens": step_tokens, "padded_tokens": padded_tokens, "response_tokens": int(n_items),
                         "grad_norm": round(float(grad_norm), 6),
-                        "seconds": round(seconds, 4), **({"l2_penalty": penalty} if penalty is not None else {}),
+                        "seconds": round(seconds, 4), **({"l2_penalty": penalty} if penalty is not None else {}), **watch,
                     })
                 if bar:
-                    bar.update(task, advance=1, info=f"loss {loss_value:.3f}  {step_tokens / seconds:,.0f} tok/s")
+                    info = f"loss {loss_value:.3f}  {step_tokens / seconds:,.0f} tok/s"
+                    if probe:
+                        info += f"  probe harmful {watch.get('probe_harmful_kept', float('nan')):.0%}" if watch else ""
+                    bar.update(task, advance=1, info=info)
+                if watch and cfg.monitor_stop:
+                    if watch["probe_harmful_kept"] > start_probe["probe_harmful_kept"] + cfg.monitor_stop:
+                        monitor_stopped = (step, watch["probe_harmful_kept"])
+                        break
+                    monitor_safe_step = step
+                    if accelerator.is_main_process:  # the last kept weights within the margin
+                        saved_live = [p.detach().clone() for p in params] if ema is not None else None
+                        if ema is not None:
+                            ema.copy_to(params)
+                        models.save(export(accelerator.unwrap_model(model)), tok, out / "monitor_last_safe")
+                        if saved_live is not None:
+                            with torch.no_grad():
+                                for p, v in zip(params, saved_live):
+                                    p.copy_(v)
                 if cfg.save_every and (step % cfg.save_every == 0 or step == steps):
                     save_checkpoint(step)
                 if sigint["hit"]:
@@ -233,10 +291,22 @@ def train(cfg: TrainConfig, overwrite: bool = False, show_progress: bool = True,
             with torch.no_grad():
                 for p, m in zip(params, merged):
                     p.copy_(m)
-        models.save(export(unwrapped), tok, out / MODEL_DIR)
+        if cfg.monitor and cfg.monitor_stop and monitor_stopped:
+            step_hit, harm = monitor_stopped
+            shutil.rmtree(out / MODEL_DIR, ignore_errors=True)
+            os.replace(out / "monitor_last_safe", out / MODEL_DIR)
+            log.warning("monitor: the kept model's probe harmful rate reached %.0f%% at step %d (start %.0f%% + margin %.0f%%); "
+                        "stopped and kept the step-%d weights, the last within the margin, in %s",
+                        100 * harm, step_hit, 100 * start_probe["probe_harmful_kept"], 100 * cfg.monitor_stop,
+                        monitor_safe_step, out / MODEL_DIR)
+        else:
+            models.save(export(unwrapped), tok, out / MODEL_DIR)
+            shutil.rmtree(out / "monitor_last_safe", ignore_errors=True)
         atomic.write_json(out / SUMMARY_FILE, {
             "steps": steps, "examples": len(encoded), "data_source": source, "tokens": tokens_seen,
             "seconds": round(time.perf_counter() - started, 2), "final_loss": loss_value, "ema_beta": cfg.ema_beta,
+            **({"monitor_start": start_probe} if cfg.monitor else {}),
+            **({"monitor_stopped_at": monitor_stopped[0], "monitor_kept_step": monitor_safe_step} if cfg.monitor and monitor_stopped else {}),
         })
     accelerator.wait_for_everyone()
     return out
