@@ -227,13 +227,13 @@ def runs_ls(sweep_dir: Path = typer.Argument(..., help="A sweep dir.")):
 
     store = _store(sweep_dir)
     table = Table()
-    for col in ("id", "hash", "kind", "status", "lr", "batch", "steps", "ema_beta", "harmful rate"):
-        table.add_column(col)
+    for col in ("id", "hash", "kind", "status", "method", "lr", "batch", "steps", "ema_beta", "harmful rate"):
+        table.add_column(col, no_wrap=True)
     for r in store.runs():
         t = r["config"].get("train", {})
         harm = next((m["value"] for m in store.metrics(r["id"]) if m["model"] == "model" and m["name"] == "harmful_rate"
                      and m["category"] == "" and m["benchmark"] != "utility"), None)
-        table.add_row(str(r["id"]), r["config_hash"], r["kind"], r["status"], str(t.get("lr", "")),
+        table.add_row(str(r["id"]), r["config_hash"][:8], r["kind"], r["status"], str(t.get("method", "")), str(t.get("lr", "")),
                       str(t.get("batch_size", "")) + (f"x{t['grad_accum']}" if t.get("grad_accum", 1) > 1 else ""),
                       str(t.get("steps", "")), str(t.get("ema_beta", "")), "" if harm is None else f"{harm:.1%}")
     out.print(table)
