@@ -73,7 +73,8 @@ def train(
     if resume and overwrite:
         raise UserError("choose one of --resume and --overwrite")
     run_dir = run(cfg, overwrite=overwrite, resume=resume)
-    console.print(f"[green]done[/green]: kept model in {run_dir / 'model'}")
+    if int(os.environ.get("RANK", "0")) == 0:  # once, also under `accelerate launch` / torchrun
+        console.print(f"[green]done[/green]: kept model in {run_dir / 'model'}")
 
 
 @app.command("eval")

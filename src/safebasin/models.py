@@ -153,12 +153,13 @@ def tiny_llama(seed: int = 0, vocab_size: int = 512, hidden: int = 64, layers: i
     return LlamaForCausalLM(cfg)
 
 
-def save(model, tokenizer, folder: str | Path) -> None:
-    """A plain save_pretrained folder (safetensors), written to a temp dir then renamed."""
+def save(model, tokenizer, folder: str | Path, state_dict: dict | None = None) -> None:
+    """A plain save_pretrained folder (safetensors), written to a temp dir then renamed.
+    `state_dict`: gathered full weights, when the model's own tensors are shards (FSDP, ZeRO-3)."""
     folder = Path(folder)
     tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
+    model.save_pretrained(tmp, safe_serialization=True, **({"state_dict": state_dict} if state_dict is not None else {}))
     tokenizer.save_pretrained(tmp)
     if folder.exists():
         shutil.rmtree(folder)

@@ -97,7 +97,8 @@ def train(cfg: TrainConfig, overwrite: bool = False, show_progress: bool = True,
     # The distributed part (PartialState) is kept: it belongs to the launch, not the run.
     AcceleratorState._reset_state(reset_partial_state=False)
     GradientState._reset_state()
-    accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
+    # cpu=True when there is no GPU: Accelerate only sets up multi-process CPU (gloo) training when told
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
     set_seed(cfg.seed)
 
     # --- model and data (before anything is written, so a user mistake leaves the dir as it was)
@@ -278,20 +279,26 @@ def train(cfg: TrainConfig, overwrite: bool = False, show_progress: bool = True,
         if previous_handler is not None:
             signal.signal(signal.SIGINT, previous_handler)
 
-    # --- save: raw (live) weights first, then θ̄ into the same tensors for the kept model
+    # --- save: raw (live) weights first, then θ̄ into the same tensors for the kept model.
+    # Every rank takes part: under FSDP / ZeRO-3 each rank holds (and its EMA updated) only its own
+    # shard; get_state_dict gathers the full weights once, here, for the main process to write.
+    def save_model(folder: Path) -> None:
+        state = None if cfg.lora_r else accelerator.get_state_dict(model)
+        if accelerator.is_main_process:
+            unwrapped = accelerator.unwrap_model(model)
+            models.save(export(unwrapped) if cfg.lora_r else unwrapped, tok, folder, state_dict=state)
+
     accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        unwrapped = accelerator.unwrap_model(model)
-        if ema is not None:
-            models.save(export(unwrapped), tok, out / RAW_DIR)
-            ema.copy_to(params)
-        elif cfg.method == "interpolate":
-            models.save(export(unwrapped), tok, out / RAW_DIR)
-            merged = methods.interpolate(anchor, params, cfg.interpolate_alpha)
-            with torch.no_grad():
-                for p, m in zip(params, merged):
-                    p.copy_(m)
-        if cfg.monitor and cfg.monitor_stop and monitor_stopped:
+    if ema is not None:
+        save_model(out / RAW_DIR)
+        ema.copy_to(params)
+    elif cfg.method == "interpolate":
+        save_model(out / RAW_DIR)
+        with torch.no_grad():
+            for p, m in zip(params, methods.interpolate(anchor, params, cfg.interpolate_alpha)):
+                p.copy_(m)
+    if cfg.monitor and cfg.monitor_stop and monitor_stopped:
+        if accelerator.is_main_process:
             step_hit, harm = monitor_stopped
             shutil.rmtree(out / MODEL_DIR, ignore_errors=True)
             os.replace(out / "monitor_last_safe", out / MODEL_DIR)
@@ -299,9 +306,11 @@ def train(cfg: TrainConfig, overwrite: bool = False, show_progress: bool = True,
                         "stopped and kept the step-%d weights, the last within the margin, in %s",
                         100 * harm, step_hit, 100 * start_probe["probe_harmful_kept"], 100 * cfg.monitor_stop,
                         monitor_safe_step, out / MODEL_DIR)
-        else:
-            models.save(export(unwrapped), tok, out / MODEL_DIR)
+    else:
+        save_model(out / MODEL_DIR)
+        if accelerator.is_main_process:
             shutil.rmtree(out / "monitor_last_safe", ignore_errors=True)
+    if accelerator.is_main_process:
         atomic.write_json(out / SUMMARY_FILE, {
             "steps": steps, "examples": len(encoded), "data_source": source, "tokens": tokens_seen,
             "seconds": round(time.perf_counter() - started, 2), "final_loss": loss_value, "ema_beta": cfg.ema_beta,
