@@ -303,7 +303,7 @@ def sweep_markdown(summary: dict, points: list[dict]) -> str:
     lines += [f"- {p['label']}: harmful {p['harmful_rate']:.1%}, {label} {p[u]:.4f}" for p in summary["pareto"]]
     lines += ["", "## All trials (methods side by side: same steps and tokens = matched compute)", "",
               f"| trial | method | steps | train tokens | harmful rate | over-refusal | {label} |", "|---|---|---|---|---|---|---|"]
-    lines += [f"| {p['label']} | {p['method']} | {p['steps']} | {p['tokens'] if p['tokens'] is not None else ''} | "
+    lines += [f"| {p['label']} | {p['method']} | {p['steps']} | {'' if p['tokens'] is None else int(p['tokens'])} | "
               f"{p['harmful_rate']:.1%} | {'' if p['over_refusal'] is None else format(p['over_refusal'], '.1%')} | {p[u]:.4f} |"
               for p in sorted(points, key=lambda p: (p["method"], p["harmful_rate"]))]
     return "\n".join(lines) + "\n"
