@@ -40,3 +40,15 @@ def test_state_dict_round_trip():
     b = EMA([torch.zeros(3)], 0.1)
     b.load_state_dict(a.state_dict())
     assert b.beta == 0.5 and torch.equal(b.shadow[0], a.shadow[0])
+
+
+def test_swapped_holds_the_average_inside_and_restores_the_live_weights():
+    live = [torch.randn(4), torch.randn(2, 2)]
+    e = EMA(live, 0.5)
+    for t in live:
+        t.add_(1.0)
+    e.update(live)
+    before = [t.clone() for t in live]
+    with e.swapped(live):
+        assert all(torch.equal(t, s) for t, s in zip(live, e.shadow))
+    assert all(torch.equal(t, b) for t, b in zip(live, before))

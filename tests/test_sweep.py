@@ -158,3 +158,15 @@ def test_report_shows_over_refusal_next_to_harm(finished_sweep):
     assert summary["bench"] == "advbench"  # the benign bench is not taken as the harm bench
     assert all(p["over_refusal"] is not None for p in summary["pareto"])
     assert "| over-refusal |" in summary["markdown"]
+
+
+def test_sweep_report_embeds_basin_plots(finished_sweep):
+    from safebasin.basin import basin
+
+    cfg, _ = finished_sweep
+    store = Store(f"{cfg.output_dir}/runs.db")
+    run = next(r for r in store.runs("done") if r["kind"] == "trial" and r["config"]["train"]["ema_beta"] == 0.9)
+    basin(run["run_dir"], probe_n=3, max_new_tokens=2, alphas=(0.0, 1.0), show_progress=False)
+    report.sweep_report(cfg.output_dir, max_harm_increase=1.0)
+    page = open(f"{cfg.output_dir}/report.html").read()
+    assert "<h2>basin: " in page

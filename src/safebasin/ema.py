@@ -5,6 +5,8 @@
 Under FSDP/ZeRO-3 each rank holds and updates only its own shard: `params` are that rank's.
 """
 
+from contextlib import contextmanager
+
 import torch
 
 
@@ -29,6 +31,18 @@ class EMA:
         """Write θ̄ into the model's tensors (cast to their dtype and device)."""
         for p, s in zip(params, self.shadow):
             p.copy_(s.to(device=p.device, dtype=p.dtype))
+
+    @contextmanager
+    def swapped(self, params: list[torch.Tensor]):
+        """Inside the block the model holds θ̄ (to probe or save it); the live weights come back after."""
+        live = [p.detach().clone() for p in params]
+        self.copy_to(params)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for p, saved in zip(params, live):
+                    p.copy_(saved)
 
     def state_dict(self) -> dict:
         return {"beta": self.beta, "shadow": self.shadow}

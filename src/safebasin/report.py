@@ -255,7 +255,7 @@ def sweep_report(sweep_dir: str | Path, max_harm_increase: float = 0.02, utility
         pngs[f"heatmap_beta_{beta}.png"] = heatmap_png(sub, f"harmful rate, EMA β = {beta if beta is not None else 'off'}")
     if len({p["steps"] for p in points}) > 1:
         pngs["steps.png"] = steps_png(points)
-    for name, png in pngs.items():
+    for name, png in list(pngs.items()):
         write_png(sweep_dir / name, png)
 
     summary = {"bench": bench, "utility": utility, "max_harm_increase": max_harm_increase, "trials": len(points),
@@ -269,6 +269,9 @@ def sweep_report(sweep_dir: str | Path, max_harm_increase: float = 0.02, utility
              f"{p[utility]:.4f}", "yes" if p in front else "",
              "yes" if choice is p else ""] for p in sorted(points, key=lambda p: (p["method"], p["harmful_rate"]))]
     sections = [("Recommendation", f"<pre>{html.escape(md.split('## All trials')[0])}</pre>"), ("All trials", table_html(header, rows))]
+    for p in points:  # basin plots of trials that have one (`safebasin basin RUN_DIR`)
+        if p["run_dir"] and (Path(p["run_dir"]) / "basin.png").is_file():
+            pngs[f"basin: {p['label']}"] = (Path(p["run_dir"]) / "basin.png").read_bytes()
     for name, png in pngs.items():
         sections.append((name.removesuffix(".png"), f"<img alt='{html.escape(name)}' src='data:image/png;base64,{base64.b64encode(png).decode()}'>"))
     atomic.write_text(sweep_dir / "report.html", html_page(f"safebasin sweep report: {sweep_dir.name}", sections))

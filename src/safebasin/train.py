@@ -170,12 +170,8 @@ def train(cfg: TrainConfig, overwrite: bool = False, show_progress: bool = True,
             unwrapped_model.eval()
             row = {"probe": probe_name, "probe_harmful_live": rate_now(), "dist_live": dist(params)}
             if ema is not None:
-                live = [p.detach().clone() for p in params]
-                ema.copy_to(params)
-                row |= {"probe_harmful_ema": rate_now(), "dist_ema": dist(ema.shadow)}
-                with torch.no_grad():
-                    for p, saved in zip(params, live):
-                        p.copy_(saved)
+                with ema.swapped(params):
+                    row |= {"probe_harmful_ema": rate_now(), "dist_ema": dist(ema.shadow)}
             unwrapped_model.train()
             row["probe_harmful_kept"] = row.get("probe_harmful_ema", row["probe_harmful_live"])
             return row
@@ -260,14 +256,8 @@ def train(cfg: TrainConfig, overwrite: bool = False, show_progress: bool = True,
                         break
                     monitor_safe_step = step
                     if accelerator.is_main_process:  # the last kept weights within the margin
-                        saved_live = [p.detach().clone() for p in params] if ema is not None else None
-                        if ema is not None:
-                            ema.copy_to(params)
-                        models.save(export(accelerator.unwrap_model(model)), tok, out / "monitor_last_safe")
-                        if saved_live is not None:
-                            with torch.no_grad():
-                                for p, v in zip(params, saved_live):
-                                    p.copy_(v)
+                        with ema.swapped(params) if ema is not None else nullcontext():
+                            models.save(export(unwrapped_model), tok, out / "monitor_last_safe")
                 if cfg.save_every and (step % cfg.save_every == 0 or step == steps):
                     save_checkpoint(step)
                 if sigint["hit"]:
