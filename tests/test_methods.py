@@ -71,3 +71,17 @@ def test_lora_leaves_base_weights_unchanged(tiny_model_dir, data_dir, tmp_path):
     assert moved and all(k.endswith("proj.weight") for k in moved)  # embeddings, norms, head untouched
     for k in moved:  # the change is the adapter's low-rank product: the base matrix itself did not move
         assert torch.linalg.matrix_rank(merged[k] - init[k], atol=1e-6) <= 2
+
+
+def test_cli_method_flag(tiny_model_dir, data_dir, tmp_path):
+    from conftest import run_cli
+
+    bad = run_cli("train", "--model", tiny_model_dir, "--data", "dolly", "--data-dir", data_dir, "--method", "magic",
+                  "--output-dir", tmp_path / "x")
+    assert bad.returncode == 2 and "method: Input should be 'sft', 'ema'" in bad.stderr
+    ok = run_cli("train", "--model", tiny_model_dir, "--data", "dolly", "--data-dir", data_dir, "--method", "l2-anchor",
+                 "--l2-lambda", "0.5", "--steps", 1, "--batch-size", 2, "--max-examples", 8, "--heldout-size", 4,
+                 "--max-seq-len", 160, "--output-dir", tmp_path / "y")
+    assert ok.returncode == 0, ok.stderr
+    log = (tmp_path / "y" / "train_log.jsonl").read_text()
+    assert '"l2_penalty": 0.0' in log  # θ = θ0 before the first update
