@@ -4,12 +4,10 @@ import json
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
 
 from conftest import run_cli
-from safebasin import evaluate
 from safebasin.config import TrainConfig
 from safebasin.judges import LLMJudge, llm_rate, parse_score
 from safebasin.train import train

@@ -1,6 +1,5 @@
 import json
 
-import pytest
 
 from safebasin import models
 from safebasin.basin import probe_prompts, probe_rate
