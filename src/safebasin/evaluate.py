@@ -213,11 +213,10 @@ def evaluate(spec: str, benches: list[str], output_dir: str | Path, *, utility: 
         del model
     atomic.write_json(out / "eval.json", results)
     atomic.write_jsonl(out / "generations.jsonl", generations)
-    for bench in benches:  # a bar chart per category, where the bench has categories (HEx-PHI, JBB)
-        by_model = {label: e["benchmarks"][Path(bench).stem if bench not in data.BENCH_SETS else bench]["by_category"]
-                    for label, e in results["models"].items()}
+    for bench in loaded:  # a bar chart per category, where the bench has categories (HEx-PHI, JBB)
+        by_model = {label: e["benchmarks"][bench.name]["by_category"] for label, e in results["models"].items()}
         if any(by_model.values()):
             from .report import category_png, write_png
 
-            write_png(out / f"categories_{Path(bench).stem}.png", category_png(by_model, bench))
+            write_png(out / f"categories_{bench.name}.png", category_png(by_model, bench.name))
     return results

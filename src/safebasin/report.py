@@ -255,7 +255,7 @@ def sweep_report(sweep_dir: str | Path, max_harm_increase: float = 0.02, utility
         pngs[f"heatmap_beta_{beta}.png"] = heatmap_png(sub, f"harmful rate, EMA β = {beta if beta is not None else 'off'}")
     if len({p["steps"] for p in points}) > 1:
         pngs["steps.png"] = steps_png(points)
-    for name, png in list(pngs.items()):
+    for name, png in pngs.items():
         write_png(sweep_dir / name, png)
 
     summary = {"bench": bench, "utility": utility, "max_harm_increase": max_harm_increase, "trials": len(points),
