@@ -86,6 +86,27 @@ def test_upsert_is_idempotent_by_config_hash(tmp_path):
     assert store.run(store.run(a[0])["config_hash"][:6])["id"] == a[0]
 
 
+def test_run_lookup_prefers_the_id_and_rejects_an_ambiguous_prefix(tmp_path):
+    """Hashes depend on paths, so some hash in a store will start with a digit: '2' must still mean run 2."""
+    store = Store(tmp_path / "runs.db")
+    hashes, i = {}, 0
+
+    def letter_shared():
+        firsts = [h[0] for h in hashes.values()]
+        return [c for c in "abcdef" if firsts.count(c) > 1]
+
+    while sum(h[0] == "2" for h in hashes.values()) < 2 or not letter_shared():
+        rid, _ = store.upsert_run({"i": i})
+        hashes[rid] = store.run(rid)["config_hash"]
+        i += 1
+    assert store.run("2")["id"] == 2 and store.run(2)["id"] == 2
+    other = next(rid for rid, h in hashes.items() if h[0] == "2" and rid != 2)
+    assert store.run(hashes[other])["id"] == other and store.run(hashes[other][:10])["id"] == other
+    assert store.run("zz") is None
+    with pytest.raises(UserError, match="matches"):
+        store.run(letter_shared()[0])  # a letter prefix cannot be read as an id
+
+
 def test_eval_metrics_flatten():
     results = {"models": {"model": {"benchmarks": {"hexphi": {"n": 2, "harmful": 1, "harmful_rate": 0.5, "ci_low": 0.1,
                                                               "ci_high": 0.9, "refusal_rate": 0.5,

@@ -115,9 +115,18 @@ class Store:
         return [dict(r) | {"config": json.loads(r["config_json"])} for r in self.conn.execute(q, (status,) if status else ())]
 
     def run(self, key: str | int) -> dict | None:
-        row = self.conn.execute("SELECT * FROM runs WHERE id=? OR config_hash=? OR config_hash LIKE ?",
-                                (key if str(key).isdigit() else -1, str(key), f"{key}%")).fetchone()
-        return dict(row) | {"config": json.loads(row["config_json"])} if row else None
+        """By id, else by config hash or a unique prefix of one. An id wins: '2' is run 2 even if a hash starts with 2."""
+        key = str(key)
+        rows = []
+        if key.isdigit():
+            rows = self.conn.execute("SELECT * FROM runs WHERE id=?", (int(key),)).fetchall()
+        if not rows:
+            rows = self.conn.execute("SELECT * FROM runs WHERE config_hash=?", (key,)).fetchall()
+        if not rows and key:
+            rows = self.conn.execute("SELECT * FROM runs WHERE substr(config_hash, 1, ?)=?", (len(key), key)).fetchall()
+        if len(rows) > 1:
+            raise UserError(f"{self.path}: {key!r} matches {len(rows)} runs by hash prefix; give more of the hash")
+        return dict(rows[0]) | {"config": json.loads(rows[0]["config_json"])} if rows else None
 
     def metrics(self, run_id: int) -> list[dict]:
         return [dict(r) for r in self.conn.execute("SELECT * FROM metrics WHERE run_id=? ORDER BY model, benchmark, category, name", (run_id,))]
