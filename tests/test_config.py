@@ -41,3 +41,33 @@ def test_yaml_syntax_error_names_the_line(tmp_path):
 def test_defaults_are_safe():
     cfg = TrainConfig()
     assert cfg.trust_remote_code is False and cfg.ema_beta is None and cfg.lora_r == 0
+
+
+def test_every_shipped_config_validates():
+    """configs/ is data the user runs as is: each file must load with the schema it is for."""
+    import yaml
+
+    from conftest import ROOT
+    from safebasin.config import load_train_config
+    from safebasin.sweep import load_sweep_config, trials
+
+    files = sorted((ROOT / "configs").rglob("*.yaml"))
+    assert len(files) >= 10
+    for f in files:
+        values = yaml.safe_load(f.read_text())
+        if "accelerate" in f.parts:
+            assert values["distributed_type"] in ("FSDP", "DEEPSPEED", "MULTI_GPU") and values["mixed_precision"] == "bf16", f
+            if values["distributed_type"] == "FSDP":
+                assert values["fsdp_config"]["fsdp_state_dict_type"] == "FULL_STATE_DICT", f  # save gathers the full model
+        elif "base" in values or "grid" in values or "trials" in values:
+            cfg = load_sweep_config(str(f), [], {}, None)
+            assert trials(cfg), f
+        else:
+            load_train_config(f)
+    paper = {f.name: yaml.safe_load(f.read_text()) for f in files if "paper" in f.parts}
+    for ds in ("dolly", "alpaca", "orca"):
+        recipe = paper[f"llama2-7b-chat_{ds}.yaml"]
+        assert recipe["base"]["max_seq_len"] == 512 and recipe["eval"]["max_new_tokens"] == 512
+        assert sorted(t["ema_beta"] for t in recipe["trials"] if "ema_beta" in t) == [0.9, 0.95, 0.99, 0.995, 0.999]
+        qi = recipe["trials"][0]
+        assert qi["lr"] == 2e-5 and qi["batch_size"] * qi["grad_accum"] * 8 == 128

@@ -3,6 +3,7 @@
 import json
 import shutil
 import subprocess
+import sys
 
 import pytest
 import torch
@@ -32,3 +33,30 @@ def test_two_processes_match_one(tiny_model_dir, data_dir, tmp_path):
         a, b = load_state(tmp_path / "one" / sub), load_state(tmp_path / "two" / sub)
         for k in a:
             torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-4)
+
+
+def test_fsdp2_ema_on_shards_matches_one_process(tmp_path):
+    """FSDP2 on two CPU processes (gloo): each rank's EMA holds only its shard, no gather per step, and
+    the θ̄ gathered once at the end equals the single-process θ̄."""
+    from safetensors.torch import load_file
+
+    torchrun = shutil.which("torchrun", path=str(ROOT / ".venv" / "bin")) or shutil.which("torchrun")
+    if torchrun is None:
+        pytest.skip("torchrun not found")
+    worker = str(ROOT / "tests" / "fsdp_ema_worker.py")
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+    one = subprocess.run([sys.executable, worker, str(tmp_path / "one")], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", worker, str(tmp_path / "two")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    numel = load_file(str(tmp_path / "two" / "numel.safetensors"))
+    assert int(numel["shard_numel"]) * 2 == int(numel["full_numel"])  # rank 0 keeps θ̄ for half the weights
+    for name in ("raw", "kept"):
+        a, b = load_file(str(tmp_path / "one" / f"{name}.safetensors")), load_file(str(tmp_path / "two" / f"{name}.safetensors"))
+        assert a.keys() == b.keys()
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-4)
+    kept, raw = load_file(str(tmp_path / "two" / "kept.safetensors")), load_file(str(tmp_path / "two" / "raw.safetensors"))
+    assert any(not torch.equal(kept[k], raw[k]) for k in kept)  # θ̄ is not the live weights

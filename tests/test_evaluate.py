@@ -129,6 +129,12 @@ def test_eval_cli(tiny_run, data_dir, tmp_path):
     assert r.returncode == 0, r.stderr
     saved = json.loads((tmp_path / "e" / "eval.json").read_text())
     assert saved["models"]["model"]["benchmarks"]["jbb"]["n"] == 4
+    if not torch.cuda.is_available():  # --backend auto falls back to HF on a CPU; the choice is recorded
+        assert saved["settings"]["backend"] == "hf" and saved["settings"]["dtype"] == "float32"
+        vllm = run_cli("eval", tiny_run, "--bench", "jbb", "--limit", 2, "--backend", "vllm", "--data-dir", data_dir,
+                       "--output-dir", tmp_path / "e3")
+        assert vllm.returncode == 2 and ("needs vLLM" in vllm.stderr or "needs a GPU" in vllm.stderr)
+        assert not (tmp_path / "e3" / "eval.json").exists()
     bad = run_cli("eval", tiny_run, "--bench", "nosuch", "--data-dir", data_dir, "--output-dir", tmp_path / "e2")
     assert bad.returncode == 2 and "unknown bench 'nosuch'" in bad.stderr and "Traceback" not in bad.stderr
 

@@ -93,6 +93,8 @@ def eval_(
     seed: int = typer.Option(0, help="Seed for --sample and the held-out split."),
     max_new_tokens: int = typer.Option(128, help="Greedy decoding length (the paper uses 512)."),
     batch_size: int = typer.Option(16, help="Generation batch size (pinned in eval.json)."),
+    backend: str = typer.Option("auto", help="Generation: hf, vllm (pip install 'safebasin[vllm]', GPU), or auto "
+                                "(vllm when installed and a GPU is present)."),
     refusal_list: str = typer.Option("gcg", help="Keyword judge list: gcg, qi2024, gcg-api, or a JSON file."),
     judge: str = typer.Option("keyword", help="keyword; llm (also a 1-5 score from an OpenAI-compatible endpoint); "
                               "classifier (also a local classifier or Llama-Guard-style model). Shown side by side."),
@@ -133,7 +135,7 @@ def eval_(
     results = evaluate(spec, bench, out_dir, utility=utility, limit=limit, sample=sample, seed=seed,
                        max_new_tokens=max_new_tokens, batch_size=batch_size, refusal_list=refusal_list,
                        data_dir=data_dir, prompt_field=prompt_field, category_field=category_field,
-                       utility_data=utility_data, judge2=judge2)
+                       utility_data=utility_data, judge2=judge2, backend=backend)
     print_eval_table(results)
     console.print(f"wrote {out_dir / 'eval.json'} and {out_dir / 'generations.jsonl'}")
 
@@ -262,15 +264,19 @@ def runs_show(sweep_dir: Path = typer.Argument(...), run: str = typer.Argument(.
 
 @app.command()
 def report(
-    sweep_dir: Path = typer.Argument(..., help="A sweep dir."),
+    sweep_dir: Path = typer.Argument(..., metavar="DIR", help="A sweep dir, or one `safebasin train` run dir."),
     max_harm_increase: float = typer.Option(0.02, help="Recommend only trials within this of the starting model's harmful rate."),
     utility: str = typer.Option("heldout_loss", help="heldout_loss (lower is better) or rougeL (higher is better)."),
 ):
-    """Pareto front, heat maps and a recommendation for a sweep (PNG, HTML, markdown)."""
+    """A sweep: Pareto front, heat maps and a recommendation. A run: training and monitor curves, eval, basin plot."""
     from rich.markdown import Markdown
 
-    from .report import UTILITY, sweep_report
+    from .report import UTILITY, run_report, sweep_report
+    from .sweep import STORE_FILE
 
+    if not (sweep_dir / STORE_FILE).is_file() and (sweep_dir / "config.yaml").is_file():
+        console.print(f"wrote {run_report(sweep_dir)} and {sweep_dir / 'training.png'}")
+        return
     if utility not in UTILITY:
         raise UserError(f"--utility must be one of {', '.join(UTILITY)}")
     summary = sweep_report(sweep_dir, max_harm_increase, utility)
@@ -295,7 +301,9 @@ def basin_cmd(
         e = result["ema"]
         out.print(f"EMA at α={e['alpha']:.3f} (off the line by {e['off_line_norm']:.3g}): harmful {e['harmful_rate']:.1%}  "
                   f"held-out loss {e['heldout_loss']:.4f}")
-    console.print(f"wrote {run_dir / 'basin.json'} and {run_dir / 'basin.png'}")
+    from .report import run_report
+
+    console.print(f"wrote {run_dir / 'basin.json'}, {run_dir / 'basin.png'} and {run_report(run_dir)}")
 
 
 def main() -> None:

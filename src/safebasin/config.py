@@ -72,6 +72,8 @@ class TrainConfig(BaseModel):
     monitor_bench: str = "advbench"  # the eval bench; the probe is drawn from a disjoint set (JBB for AdvBench)
     monitor_probe: int = Field(32, ge=1)  # probe prompts, a seeded sample
     monitor_max_new_tokens: int = Field(32, ge=1)
+    # the monitor's largest share of the training time: probes are re-spaced to fit (0 or null = probe as planned)
+    monitor_budget: float | None = Field(0.15, ge=0)
     monitor_stop: float | None = Field(None, gt=0, le=1)  # stop when the kept model's probe rate exceeds the start's by this
     refusal_list: str = "gcg"  # keyword judge list for the monitor
 

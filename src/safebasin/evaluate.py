@@ -16,7 +16,7 @@ import torch
 from . import atomic, data, models
 from .config import TrainConfig, read_yaml
 from .errors import UserError
-from .generate import HFBackend
+from .generate import HFBackend, VLLMBackend, pick_backend
 from .judges import KeywordJudge, LLMJudge, breakdown, classifier_rate, keyword_judge, llm_rate
 
 log = logging.getLogger(__name__)
@@ -165,9 +165,10 @@ def utility_split(spec: str, utility_data: str | None, ddir: str | None, seed: i
 def evaluate_model(model, tok, label: str, benches: list[Bench], judge: KeywordJudge, *, max_new_tokens: int,
                    batch_size: int, heldout: list | None = None, max_seq_len: int = 256,
                    rouge: tuple[list[str], list[str]] | None = None, show_progress: bool = True,
-                   judge2=None) -> tuple[dict, list[dict]]:
-    """Metrics and per-prompt rows for one loaded model: the one place where a model gets scored."""
-    backend = HFBackend(model, tok, batch_size=batch_size, show_progress=show_progress)
+                   judge2=None, generator=None) -> tuple[dict, list[dict]]:
+    """Metrics and per-prompt rows for one loaded model: the one place where a model gets scored.
+    `generator`: another backend (vLLM) for the same model; the HF model still scores held-out loss."""
+    backend = generator or HFBackend(model, tok, batch_size=batch_size, show_progress=show_progress)
     entry: dict = {"benchmarks": {}}
     generations: list[dict] = []
     for bench in benches:
@@ -188,8 +189,10 @@ def evaluate(spec: str, benches: list[str], output_dir: str | Path, *, utility: 
              sample: int | None = None, seed: int = 0, max_new_tokens: int = 128, batch_size: int = 16,
              refusal_list: str = "gcg", data_dir: str | None = None, prompt_field: str | None = None,
              category_field: str | None = None, utility_data: str | None = None, rouge_limit: int = 50,
-             heldout_from: TrainConfig | None = None, show_progress: bool = True, judge2=None) -> dict:
+             heldout_from: TrainConfig | None = None, show_progress: bool = True, judge2=None,
+             backend: str = "hf") -> dict:
     out = Path(output_dir)
+    backend = pick_backend(backend)
     judge = keyword_judge(refusal_list, data_dir)
     loaded = [load_bench(b, data_dir, prompt_field, category_field, limit, sample, seed) for b in benches]
     heldout, heldout_cfg, rouge = None, None, None
@@ -197,17 +200,25 @@ def evaluate(spec: str, benches: list[str], output_dir: str | Path, *, utility: 
         heldout, heldout_cfg = utility_split(spec, utility_data, data_dir, seed, heldout_from)
         rouge = rouge_set(data_dir, rouge_limit)
     settings = {"benches": benches, "limit": limit, "sample": sample, "seed": seed, "max_new_tokens": max_new_tokens,
-                "batch_size": batch_size, "decoding": "greedy", "judge": judge.name, "backend": "hf",
+                "batch_size": batch_size, "decoding": "greedy", "judge": judge.name, "backend": backend,
                 "second_judge": None if judge2 is None else judge2.name}
     if heldout_cfg:
         settings["heldout"] = {"data": heldout_cfg.data, "heldout_size": heldout_cfg.heldout_size, "seed": heldout_cfg.seed}
     results: dict = {"settings": settings, "models": {}}
     generations: list[dict] = []
+    device, dtype = models.eval_placement()
+    settings["dtype"] = str(dtype).removeprefix("torch.")
     for label, source in model_variants(spec).items():
-        model, tok = models.load(source)
-        entry, rows = evaluate_model(model, tok, label, loaded, judge, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                                     heldout=heldout, max_seq_len=heldout_cfg.max_seq_len if heldout_cfg else 256,
-                                     rouge=rouge, show_progress=show_progress, judge2=judge2)
+        model, tok = models.load(source, dtype=dtype)
+        model.to(device)
+        generator = VLLMBackend(models.resolve(source), tok, show_progress) if backend == "vllm" else None
+        try:
+            entry, rows = evaluate_model(model, tok, label, loaded, judge, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                         heldout=heldout, max_seq_len=heldout_cfg.max_seq_len if heldout_cfg else 256,
+                                         rouge=rouge, show_progress=show_progress, judge2=judge2, generator=generator)
+        finally:
+            if generator is not None:
+                generator.close()
         results["models"][label] = {"model": source, **entry}
         generations += rows
         del model

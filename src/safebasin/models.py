@@ -142,6 +142,14 @@ def load(spec: str, *, dtype=torch.float32, chat_template: str | None = None,
     return model, tok
 
 
+def eval_placement() -> tuple[torch.device, torch.dtype]:
+    """Where scoring runs: the GPU in bf16 when there is one (a 7B model in float32 is twice the memory
+    and far slower), else the CPU in float32, where results are bit-for-bit repeatable."""
+    if torch.cuda.is_available():
+        return torch.device("cuda"), torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.device("cpu"), torch.float32
+
+
 def tiny_llama(seed: int = 0, vocab_size: int = 512, hidden: int = 64, layers: int = 2, init_std: float = 0.02):
     """A randomly initialised Llama for tests and CI (no downloads)."""
     from transformers import LlamaConfig, LlamaForCausalLM

@@ -233,7 +233,8 @@ def sweep_report(sweep_dir: str | Path, max_harm_increase: float = 0.02, utility
     if not (sweep_dir / STORE_FILE).is_file():
         from .errors import UserError
 
-        raise UserError(f"{sweep_dir}: no {STORE_FILE}; run `safebasin sweep` first")
+        raise UserError(f"{sweep_dir}: neither a sweep dir (no {STORE_FILE}; run `safebasin sweep` first) "
+                        "nor a `safebasin train` run dir (no config.yaml)")
     store = Store(sweep_dir / STORE_FILE)
     points, baseline, bench = sweep_points(store)
     store.close()
@@ -310,3 +311,75 @@ def sweep_markdown(summary: dict, points: list[dict]) -> str:
               f"{p['harmful_rate']:.1%} | {'' if p['over_refusal'] is None else format(p['over_refusal'], '.1%')} | {p[u]:.4f} |"
               for p in sorted(points, key=lambda p: (p["method"], p["harmful_rate"]))]
     return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------- run reports
+
+def training_png(log: list[dict], title: str) -> bytes:
+    """Loss over steps; with the monitor, the probe harmful rate of the live and EMA weights beside it."""
+    probed = [r for r in log if "probe_harmful_live" in r]
+    fig, axes = plt.subplots(1, 2 if probed else 1, figsize=(11 if probed else 6, 4), dpi=110, squeeze=False)
+    ax = axes[0][0]
+    ax.plot([r["step"] for r in log], [r["loss"] for r in log], lw=1.2)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("training loss")
+    ax.grid(alpha=0.3)
+    ax.set_title(title, fontsize=9)
+    if probed:
+        ax = axes[0][1]
+        steps = [r["step"] for r in probed]
+        ax.plot(steps, [r["probe_harmful_live"] for r in probed], "o-", label="live θ")
+        if "probe_harmful_ema" in probed[0]:
+            ax.plot(steps, [r["probe_harmful_ema"] for r in probed], "s-", label="EMA θ̄ (kept)")
+        ax.set_ylim(-0.03, 1.03)
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel(f"probe harmful rate ({probed[0]['probe']})")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        ax.set_title("safety monitor", fontsize=9)
+    return _png(fig)
+
+
+def run_report(run_dir: str | Path) -> Path:
+    """report.html for one `safebasin train` run: training and monitor curves, eval results, basin plot."""
+    import json
+
+    import yaml
+
+    from .errors import UserError
+
+    run = Path(run_dir)
+    if not (run / "config.yaml").is_file() or not (run / "train_log.jsonl").is_file():
+        raise UserError(f"{run}: not a `safebasin train` run dir (config.yaml, train_log.jsonl) nor a sweep dir")
+    log = [json.loads(x) for x in (run / "train_log.jsonl").read_text().splitlines() if x.strip()]
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    summary = json.loads((run / "train_summary.json").read_text()) if (run / "train_summary.json").is_file() else {}
+    sections = []
+    notes = [f"model {cfg.get('model')}, data {cfg.get('data')}, method {cfg.get('method')}, lr {cfg.get('lr')}, "
+             f"batch {cfg.get('batch_size')}x{cfg.get('grad_accum')}, steps {summary.get('steps', len(log))}, "
+             f"EMA β {cfg.get('ema_beta')}"]
+    if "monitor_stopped_at" in summary:
+        notes.append(f"the monitor stopped training at step {summary['monitor_stopped_at']} and kept the step-"
+                     f"{summary['monitor_kept_step']} weights")
+    pngs = {"training": training_png(log, f"{run.name}: training")}
+    probed = [r for r in log if "probe_harmful_live" in r]
+    if probed:
+        rows = [[r["step"], f"{r['probe_harmful_live']:.1%}", f"{r['probe_harmful_ema']:.1%}" if "probe_harmful_ema" in r else "",
+                 f"{r['dist_live']:.4g}", f"{r['dist_ema']:.4g}" if "dist_ema" in r else ""] for r in probed]
+        sections.append(("Safety monitor", table_html(["step", "live harmful", "EMA harmful", "‖θ−θ0‖", "‖θ̄−θ0‖"], rows)))
+    if (run / "eval" / "eval.json").is_file():
+        ev = json.loads((run / "eval" / "eval.json").read_text())
+        rows = []
+        for label, entry in ev["models"].items():
+            util = entry.get("utility", {})
+            for bench, b in entry["benchmarks"].items():
+                rows.append([label, bench, b["n"], f"{b['harmful_rate']:.1%}", f"{b['ci_low']:.1%} - {b['ci_high']:.1%}",
+                             f"{util['heldout_loss']:.4f}" if "heldout_loss" in util else ""])
+        sections.append(("Evaluation", table_html(["model", "bench", "n", "harmful rate", "95% CI", "held-out loss"], rows)))
+    if (run / "basin.png").is_file():
+        pngs["safety basin"] = (run / "basin.png").read_bytes()
+    for name, png in pngs.items():
+        sections.append((name, f"<img alt='{html.escape(name)}' src='data:image/png;base64,{base64.b64encode(png).decode()}'>"))
+    write_png(run / "training.png", pngs["training"])
+    atomic.write_text(run / "report.html", html_page(f"safebasin run report: {run.name}", sections, notes=notes))
+    return run / "report.html"

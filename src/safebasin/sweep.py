@@ -10,6 +10,7 @@ import json
 import logging
 import traceback
 from pathlib import Path
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
@@ -32,6 +33,7 @@ class EvalSettings(BaseModel):
     utility: bool = True  # held-out loss (the trial's own split) and ROUGE-L
     rouge_limit: int = Field(20, ge=1)
     refusal_list: str = "gcg"
+    backend: Literal["auto", "hf", "vllm"] = "auto"  # generation; auto = vLLM when installed and a GPU is present
 
 
 class SweepConfig(BaseModel):
@@ -111,7 +113,7 @@ def run_trial(train_values: dict, eval_values: dict, show_progress: bool = False
     out = train(tc, show_progress=show_progress)  # same dir = same config hash: resumes or skips a finished training
     results = evaluate(str(out), ev.benches, out / "eval", utility=ev.utility, limit=ev.limit, max_new_tokens=ev.max_new_tokens,
                        batch_size=ev.batch_size, refusal_list=ev.refusal_list, data_dir=tc.data_dir, rouge_limit=ev.rouge_limit,
-                       show_progress=show_progress)
+                       show_progress=show_progress, backend=ev.backend)
     summary = json.loads((out / "train_summary.json").read_text())
     train_rows = [("model", "train", "", k, summary[k]) for k in ("steps", "tokens", "examples", "seconds")]
     return eval_metrics(results) + train_rows, {"run_dir": str(out), "eval": str(out / "eval" / "eval.json")}
@@ -125,7 +127,7 @@ def run_baseline(cfg: SweepConfig, first: TrainConfig, show_progress: bool = Fal
     out = Path(cfg.output_dir) / "baseline"
     results = evaluate(first.model, ev.benches, out, utility=ev.utility, limit=ev.limit, max_new_tokens=ev.max_new_tokens,
                        batch_size=ev.batch_size, refusal_list=ev.refusal_list, data_dir=first.data_dir,
-                       rouge_limit=ev.rouge_limit, heldout_from=first, show_progress=show_progress)
+                       rouge_limit=ev.rouge_limit, heldout_from=first, show_progress=show_progress, backend=ev.backend)
     return eval_metrics(results), {"eval": str(out / "eval.json")}
 
 

@@ -25,7 +25,7 @@ from transformers import get_scheduler
 
 from . import atomic, checkpoint, data, methods, models
 from .config import TrainConfig, read_yaml
-from .ema import EMA
+from .ema import EMA, local_shard
 from .errors import Interrupted, UserError
 from .ui import progress
 
@@ -87,6 +87,16 @@ def total_steps(cfg: TrainConfig, n_examples: int, world: int) -> int:
     return max(1, math.ceil(cfg.epochs * n_examples / (cfg.batch_size * cfg.grad_accum * world)))
 
 
+def sharded(accelerator) -> bool:
+    """FSDP or ZeRO-3: each rank holds only a shard of every weight (ZeRO-2 and DDP keep full copies)."""
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type == DistributedType.FSDP:
+        return True
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    return accelerator.distributed_type == DistributedType.DEEPSPEED and plugin is not None and plugin.zero_stage == 3
+
+
 def train(cfg: TrainConfig, overwrite: bool = False, show_progress: bool = True, resume: bool = False) -> Path:
     out, mode = check_output_dir(cfg, overwrite, resume)
     if mode == "done":
@@ -117,6 +127,7 @@ def train(cfg: TrainConfig, overwrite: bool = False, show_progress: bool = True,
 
     # --- optimisation
     params = [p for p in model.parameters() if p.requires_grad]
+    trainable_numel = sum(p.numel() for p in params)
     steps = total_steps(cfg, len(encoded), accelerator.num_processes)
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.weight_decay)
     scheduler = get_scheduler("cosine" if cfg.schedule == "cosine" else "constant_with_warmup", optimizer,
@@ -124,8 +135,21 @@ def train(cfg: TrainConfig, overwrite: bool = False, show_progress: bool = True,
     model, optimizer = accelerator.prepare(model, optimizer)
     named = [(n, p) for n, p in accelerator.unwrap_model(model).named_parameters() if p.requires_grad]
     params = [p for _, p in named]
+    if sharded(accelerator) and cfg.method in ("interpolate", "l2-anchor"):
+        raise UserError(f"method {cfg.method!r} is not supported with sharded training (FSDP, ZeRO-3) yet; "
+                        "use DDP or ZeRO-2, or method ema/sft")
+    if sharded(accelerator) and (cfg.save_every or mode == "resume"):
+        raise UserError("checkpoints (--save-every, resume) are not supported with sharded training (FSDP, ZeRO-3) yet; "
+                        "use DDP or ZeRO-2 for resumable runs")
     ema = EMA(params, cfg.ema_beta, device="cpu" if cfg.ema_on_cpu else None) if cfg.ema_beta is not None else None
     anchor = [p.detach().clone() for p in params] if cfg.method in ("interpolate", "l2-anchor") else None  # θ0
+    monitor = None
+    if cfg.monitor:
+        from .monitor import Monitor
+
+        theta0 = anchor if anchor is not None else [local_shard(p).detach().to("cpu", copy=True) for p in params]
+        monitor = Monitor(cfg, accelerator, accelerator.unwrap_model(model), tok, params, ema, steps, theta0, sharded(accelerator))
+    monitor_safe_step, monitor_stopped = 0, None
     batches = data.Batches(len(encoded), cfg.batch_size, cfg.seed, accelerator.process_index, accelerator.num_processes,
                            lengths=[len(x["input_ids"]) for x in encoded] if cfg.group_by_length else None)
     pad_id = tok.pad_token_id
@@ -134,14 +158,27 @@ def train(cfg: TrainConfig, overwrite: bool = False, show_progress: bool = True,
         ckpt = checkpoint.latest(out)
         state = checkpoint.load(ckpt, params, [n for n, _ in named], optimizer, scheduler, ema, batches)
         first_step, tokens_seen = state["step"] + 1, state["tokens_seen"]
+        if monitor is not None and state.get("monitor"):
+            monitor.load_state_dict(state["monitor"])
+            monitor_safe_step = state["monitor_safe_step"]
         if accelerator.is_main_process:
             _truncate_log(out / LOG_FILE, state["step"])
         log.info("resuming %s from %s", out, ckpt.name)
 
+    def save_model(folder: Path) -> None:
+        """Every rank takes part: under FSDP / ZeRO-3 each rank holds (and its EMA updated) only its own
+        shard; get_state_dict gathers the full weights, here, for the main process to write."""
+        state = None if cfg.lora_r else accelerator.get_state_dict(model)
+        if accelerator.is_main_process:
+            unwrapped = accelerator.unwrap_model(model)
+            models.save(export(unwrapped) if cfg.lora_r else unwrapped, tok, folder, state_dict=state)
+
     def save_checkpoint(step: int) -> None:
         if accelerator.is_main_process:
-            checkpoint.save(out, step, named, optimizer, scheduler, ema, batches, {"tokens_seen": tokens_seen},
-                            cfg.keep_checkpoints)
+            extra = {"tokens_seen": tokens_seen}
+            if monitor is not None:
+                extra |= {"monitor": monitor.state_dict(), "monitor_safe_step": monitor_safe_step}
+            checkpoint.save(out, step, named, optimizer, scheduler, ema, batches, extra, cfg.keep_checkpoints)
         accelerator.wait_for_everyone()
 
     def last_good() -> str:
@@ -149,39 +186,13 @@ def train(cfg: TrainConfig, overwrite: bool = False, show_progress: bool = True,
         return f"the last good checkpoint is {ckpt}" if ckpt else "no checkpoint was saved (use --save-every)"
 
     # --- safety monitor: the probe's harmful rate for live and EMA weights, and distances from θ0
-    probe = None
-    if cfg.monitor:
-        from .basin import probe_prompts, probe_rate
-        from .judges import keyword_judge
-
-        probe_name, probe_set = probe_prompts(cfg.monitor_bench, cfg.monitor_probe, cfg.seed, cfg.data_dir)
-        monitor_judge = keyword_judge(cfg.refusal_list, cfg.data_dir)
-        monitor_every = max(1, steps // cfg.monitor)
-        theta0 = anchor if anchor is not None else [p.detach().to("cpu", copy=True) for p in params]
-        unwrapped_model = accelerator.unwrap_model(model)
-
-        def probe(step: int) -> dict:
-            def rate_now() -> float:
-                return probe_rate(unwrapped_model, tok, probe_set, monitor_judge, cfg.monitor_max_new_tokens)["harmful_rate"]
-
-            def dist(ts) -> float:
-                return float(sum(float((t.detach().float().cpu() - t0.float().cpu()).pow(2).sum()) for t, t0 in zip(ts, theta0)) ** 0.5)
-
-            unwrapped_model.eval()
-            row = {"probe": probe_name, "probe_harmful_live": rate_now(), "dist_live": dist(params)}
-            if ema is not None:
-                with ema.swapped(params):
-                    row |= {"probe_harmful_ema": rate_now(), "dist_ema": dist(ema.shadow)}
-            unwrapped_model.train()
-            row["probe_harmful_kept"] = row.get("probe_harmful_ema", row["probe_harmful_live"])
-            return row
-
-        start_probe = probe(0)
-        log.info("monitor: probe %s (%d prompts), kept model starts at %.1f%% harmful",
-                 probe_name, len(probe_set), 100 * start_probe["probe_harmful_kept"])
-        if cfg.monitor_stop and accelerator.is_main_process:
-            models.save(export(unwrapped_model), tok, out / "monitor_last_safe")
-        monitor_safe_step, monitor_stopped = 0, None
+    if monitor is not None:
+        if monitor.start is None:
+            monitor.probe(0)
+            if cfg.monitor_stop:
+                save_model(out / "monitor_last_safe")
+        log.info("monitor: probe %s (%d prompts), kept model starts at %.1f%% harmful; probes planned at steps %s",
+                 monitor.probe_name, len(monitor.prompts), 100 * monitor.start["probe_harmful_kept"], monitor.points)
 
     # Ctrl-C stops at the next step boundary, never inside an optimizer step, and leaves a checkpoint.
     sigint = {"hit": False}
@@ -235,7 +246,9 @@ def train(cfg: TrainConfig, overwrite: bool = False, show_progress: bool = True,
                 step_tokens = int(accelerator.reduce(torch.tensor(sum(int(b["attention_mask"].sum()) for b in micro),
                                                                   device=accelerator.device), "sum"))
                 tokens_seen += step_tokens
-                watch = probe(step) if probe and (step % monitor_every == 0 or step == steps) else {}
+                watch = monitor.probe(step) if monitor is not None and monitor.due(step) else {}
+                if monitor is not None:
+                    monitor.after_step(step, seconds, probed=bool(watch))
                 padded_tokens = int(accelerator.reduce(torch.tensor(sum(b["attention_mask"].numel() for b in micro),
                                                                     device=accelerator.device), "sum"))
                 if accelerator.is_main_process and (step % cfg.log_every == 0 or step == steps):
@@ -247,20 +260,22 @@ def train(cfg: TrainConfig, overwrite: bool = False, show_progress: bool = True,
                     })
                 if bar:
                     info = f"loss {loss_value:.3f}  {step_tokens / seconds:,.0f} tok/s"
-                    if probe:
-                        info += f"  probe harmful {watch.get('probe_harmful_kept', float('nan')):.0%}" if watch else ""
+                    if monitor is not None:
+                        last = watch or monitor.start
+                        info += f"  probe harmful {last['probe_harmful_kept']:.0%} (step {monitor.probed[-1]})"
                     bar.update(task, advance=1, info=info)
                 if watch and cfg.monitor_stop:
-                    if watch["probe_harmful_kept"] > start_probe["probe_harmful_kept"] + cfg.monitor_stop:
+                    if watch["probe_harmful_kept"] > monitor.start["probe_harmful_kept"] + cfg.monitor_stop:
                         monitor_stopped = (step, watch["probe_harmful_kept"])
                         break
                     monitor_safe_step = step
-                    if accelerator.is_main_process:  # the last kept weights within the margin
-                        with ema.swapped(params) if ema is not None else nullcontext():
-                            models.save(export(unwrapped_model), tok, out / "monitor_last_safe")
+                    with ema.swapped(params) if ema is not None else nullcontext():  # the last kept weights within the margin
+                        save_model(out / "monitor_last_safe")
                 if cfg.save_every and (step % cfg.save_every == 0 or step == steps):
                     save_checkpoint(step)
                 if sigint["hit"]:
+                    if sharded(accelerator):
+                        raise Interrupted(f"interrupted after step {step}; sharded runs keep no checkpoint yet")
                     if not (cfg.save_every and (step % cfg.save_every == 0 or step == steps)):
                         save_checkpoint(step)
                     raise Interrupted(f"interrupted after step {step}; checkpoint saved in {out / checkpoint.CKPT_DIR}; "
@@ -270,14 +285,6 @@ def train(cfg: TrainConfig, overwrite: bool = False, show_progress: bool = True,
             signal.signal(signal.SIGINT, previous_handler)
 
     # --- save: raw (live) weights first, then θ̄ into the same tensors for the kept model.
-    # Every rank takes part: under FSDP / ZeRO-3 each rank holds (and its EMA updated) only its own
-    # shard; get_state_dict gathers the full weights once, here, for the main process to write.
-    def save_model(folder: Path) -> None:
-        state = None if cfg.lora_r else accelerator.get_state_dict(model)
-        if accelerator.is_main_process:
-            unwrapped = accelerator.unwrap_model(model)
-            models.save(export(unwrapped) if cfg.lora_r else unwrapped, tok, folder, state_dict=state)
-
     accelerator.wait_for_everyone()
     if ema is not None:
         save_model(out / RAW_DIR)
@@ -294,7 +301,7 @@ def train(cfg: TrainConfig, overwrite: bool = False, show_progress: bool = True,
             os.replace(out / "monitor_last_safe", out / MODEL_DIR)
             log.warning("monitor: the kept model's probe harmful rate reached %.0f%% at step %d (start %.0f%% + margin %.0f%%); "
                         "stopped and kept the step-%d weights, the last within the margin, in %s",
-                        100 * harm, step_hit, 100 * start_probe["probe_harmful_kept"], 100 * cfg.monitor_stop,
+                        100 * harm, step_hit, 100 * monitor.start["probe_harmful_kept"], 100 * cfg.monitor_stop,
                         monitor_safe_step, out / MODEL_DIR)
     else:
         save_model(out / MODEL_DIR)
@@ -304,7 +311,11 @@ def train(cfg: TrainConfig, overwrite: bool = False, show_progress: bool = True,
         atomic.write_json(out / SUMMARY_FILE, {
             "steps": steps, "examples": len(encoded), "data_source": source, "tokens": tokens_seen,
             "seconds": round(time.perf_counter() - started, 2), "final_loss": loss_value, "ema_beta": cfg.ema_beta,
-            **({"monitor_start": start_probe} if cfg.monitor else {}),
+            "world_size": accelerator.num_processes, "sharded": sharded(accelerator), "distributed": str(accelerator.distributed_type),
+            # what one rank holds: under FSDP / ZeRO-3 its EMA is its shard, about 1/world of the trainable weights
+            **({"ema_numel_per_rank": sum(s.numel() for s in ema.shadow)} if ema is not None else {}),
+            "trainable_numel": trainable_numel,
+            **(monitor.summary() if monitor is not None else {}),
             **({"monitor_stopped_at": monitor_stopped[0], "monitor_kept_step": monitor_safe_step} if cfg.monitor and monitor_stopped else {}),
         })
     accelerator.wait_for_everyone()
