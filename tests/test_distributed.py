@@ -17,7 +17,10 @@ def test_two_processes_match_one(tiny_model_dir, data_dir, tmp_path):
         pytest.skip("torchrun not found")
     common = ["train", "--model", tiny_model_dir, "--data", "dolly", "--data-dir", data_dir, "--steps", 3,
               "--max-examples", 64, "--heldout-size", 8, "--max-seq-len", 160, "--lr", "1e-2", "--ema-beta", 0.7,
-              "--grad-accum", 2]
+              "--grad-accum", 2, "--config", tmp_path / "monitor.yaml"]
+    # the monitor's schedule is a collective decision across ranks. (In YAML: torchrun's own parser
+    # takes `--monitor` for an abbreviation of its `--monitor-interval`, even after the module name.)
+    (tmp_path / "monitor.yaml").write_text("monitor: 2\n")
     one = run_cli(*common, "--batch-size", 4, "--output-dir", tmp_path / "one")
     assert one.returncode == 0, one.stderr
     two = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", "-m", "safebasin.cli",
@@ -29,6 +32,9 @@ def test_two_processes_match_one(tiny_model_dir, data_dir, tmp_path):
     assert [r["step"] for r in log2] == [1, 2, 3]  # one writer
     assert [r["tokens"] for r in log1] == [r["tokens"] for r in log2]  # the same rows, split over ranks
     assert [r["loss"] for r in log1] == pytest.approx([r["loss"] for r in log2], abs=1e-5)
+    s1, s2 = (json.loads((tmp_path / d / "train_summary.json").read_text()) for d in ("one", "two"))
+    assert s1["monitor_start"]["probe_harmful_live"] == s2["monitor_start"]["probe_harmful_live"]
+    assert s2["monitor_probed_steps"][0] == 0 and set(s2["monitor_probed_steps"]) <= {0, 2, 3}
     for sub in ("model", "raw"):
         a, b = load_state(tmp_path / "one" / sub), load_state(tmp_path / "two" / sub)
         for k in a:

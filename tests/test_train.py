@@ -84,6 +84,27 @@ def test_grad_accum_matches_one_big_batch(tiny_model_dir, data_dir, tmp_path):
         torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-6)
 
 
+def test_bf16_and_gradient_checkpointing_keep_the_run_and_a_float32_ema(tiny_model_dir, data_dir, tmp_path):
+    """The GPU memory levers, on a CPU: checkpointing recomputes the same activations (same losses);
+    bf16 autocast changes the arithmetic a little, not the run, and θ̄ stays float32."""
+    kw = dict(steps=3, ema_beta=0.7)
+    ref = train(_cfg(tiny_model_dir, data_dir, tmp_path / "ref", **kw), show_progress=False)
+    ckpt = train(_cfg(tiny_model_dir, data_dir, tmp_path / "ckpt", gradient_checkpointing=True, **kw), show_progress=False)
+    bf16 = train(_cfg(tiny_model_dir, data_dir, tmp_path / "bf16", mixed_precision="bf16", **kw), show_progress=False)
+
+    def losses(run):
+        return [json.loads(x)["loss"] for x in (run / "train_log.jsonl").read_text().splitlines()]
+
+    assert losses(ckpt) == pytest.approx(losses(ref), rel=1e-6)
+    assert losses(bf16) == pytest.approx(losses(ref), rel=2e-2) and losses(bf16) != losses(ref)
+    kept, raw = load_state(bf16 / "model"), load_state(bf16 / "raw")
+    assert all(t.dtype == torch.float32 for t in kept.values())
+    ref_kept = load_state(ref / "model")
+    k = next(k for k in kept if "q_proj" in k)
+    torch.testing.assert_close(kept[k], ref_kept[k], rtol=0.05, atol=2e-3)
+    assert not torch.equal(kept[k], raw[k])
+
+
 def test_lora_trains_adapters_and_exports_a_merged_model(tiny_model_dir, data_dir, tmp_path):
     out = train(_cfg(tiny_model_dir, data_dir, tmp_path / "lora", lora_r=4, ema_beta=1.0, steps=2, lr=1e-2), show_progress=False)
     init, kept, raw = load_state(tiny_model_dir), load_state(out / "model"), load_state(out / "raw")

@@ -28,8 +28,9 @@ def probe_prompts(eval_bench: str, n: int, seed: int, ddir: str | None) -> tuple
 def probe_rate(model, tok, prompts: list[str], judge, max_new_tokens: int, batch_size: int = 16) -> dict:
     """The keyword harmful rate a full `eval` would give, at a fraction of the cost: a response stops
     as soon as it refuses (its verdict cannot change after that)."""
-    responses = HFBackend(model, tok, batch_size, show_progress=False, stop_judge=judge).generate(prompts, max_new_tokens)
-    return rate([judge.harmful(r) for r in responses])
+    backend = HFBackend(model, tok, batch_size, show_progress=False, stop_judge=judge)
+    responses = backend.generate(prompts, max_new_tokens)
+    return rate([judge.harmful(r) for r in responses]) | {"full_length_seconds": backend.full_length_seconds}
 
 
 def _vector(state: dict[str, torch.Tensor], keys: list[str]) -> torch.Tensor:
@@ -45,8 +46,10 @@ def basin(run_dir: str | Path, eval_bench: str = "advbench", probe_n: int = 32, 
         raise UserError(f"{run}: not a finished `safebasin train` run dir (config.yaml, model/)")
     cfg = TrainConfig(**read_yaml(run / "config.yaml"))
     raw_dir = run / ("raw" if (run / "raw" / "config.json").is_file() else "model")
-    model, tok = models.load(cfg.model, chat_template=cfg.chat_template)
-    theta0 = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    device, dtype = models.eval_placement()
+    model, tok = models.load(cfg.model, dtype=dtype, chat_template=cfg.chat_template)
+    theta0 = {k: v.detach().clone() for k, v in model.state_dict().items()}  # on the CPU; the points are mixed there
+    model.to(device)
     raw = load_file(str(raw_dir / "model.safetensors"))
     kept = load_file(str(run / "model" / "model.safetensors"))
     keys = [k for k in raw if k in theta0 and theta0[k].dtype.is_floating_point]
@@ -59,13 +62,18 @@ def basin(run_dir: str | Path, eval_bench: str = "advbench", probe_n: int = 32, 
     alpha_ema = float(e @ d / (d @ d)) if float(d @ d) > 0 else 0.0
     off_line = float((e - alpha_ema * d).norm())
 
+    def rate_at() -> dict:
+        r = probe_rate(model, tok, prompts, judge, max_new_tokens)
+        r.pop("full_length_seconds")
+        return r
+
     def at(alpha: float) -> dict:
         with torch.no_grad():
             sd = model.state_dict()
             for k in keys:
                 sd[k].copy_(torch.lerp(theta0[k].float(), raw[k].float(), alpha) if alpha <= 1 else
                             theta0[k].float() + alpha * (raw[k].float() - theta0[k].float()))
-        point = probe_rate(model, tok, prompts, judge, max_new_tokens) | heldout_loss(model, tok, heldout, cfg.max_seq_len)
+        point = rate_at() | heldout_loss(model, tok, heldout, cfg.max_seq_len)
         return {"alpha": alpha, **point}
 
     points = [at(a) for a in alphas]
@@ -76,7 +84,7 @@ def basin(run_dir: str | Path, eval_bench: str = "advbench", probe_n: int = 32, 
             for k in keys:
                 sd[k].copy_(kept[k])
         ema_point = {"alpha": alpha_ema, "off_line_norm": off_line,
-                     **probe_rate(model, tok, prompts, judge, max_new_tokens), **heldout_loss(model, tok, heldout, cfg.max_seq_len)}
+                     **rate_at(), **heldout_loss(model, tok, heldout, cfg.max_seq_len)}
     result = {"run": str(run), "probe": probe_name, "probe_n": len(prompts), "judge": judge.name,
               "distance_raw": float(d.norm()), "points": points, "ema": ema_point}
     atomic.write_json(run / "basin.json", result)

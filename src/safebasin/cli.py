@@ -66,6 +66,8 @@ def train(
     save_every: Optional[int] = typer.Option(None, help="Checkpoint every N steps (and at the end); 0 = none."),
     monitor: Optional[int] = typer.Option(None, help="Safety monitor: N probe evaluations over the run (10 is a good start)."),
     monitor_stop: Optional[float] = typer.Option(None, help="Stop when the kept model's probe harmful rate exceeds the start's by this."),
+    monitor_budget: Optional[float] = typer.Option(None, help="Largest share of the training time the monitor may take (default "
+                                                   "0.15); probes are re-spaced to fit. 0 = every planned probe."),
     resume: bool = typer.Option(False, help="Continue from the last checkpoint in --output-dir (re-running the same command does too)."),
     overwrite: bool = typer.Option(False, help="Start afresh, replacing whatever run is in --output-dir."),
 ):

@@ -5,6 +5,7 @@ back in the caller's order. Batch size is pinned in the eval settings, since gre
 can shift with batch composition.
 """
 
+import time
 from typing import Protocol
 
 import torch
@@ -33,8 +34,12 @@ class StopWhenJudged(StoppingCriteria):
 
     def __init__(self, tok, judge, prompt_len: int):
         self.tok, self.judge, self.prompt_len = tok, judge, prompt_len
+        self.started, self.calls, self.first, self.last = time.perf_counter(), 0, 0.0, 0.0
 
     def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        self.calls += 1  # once per generated token: the timings tell prefill from decoding
+        self.last = time.perf_counter() - self.started
+        self.first = self.first or self.last
         texts = self.tok.batch_decode(input_ids[:, self.prompt_len:], skip_special_tokens=True)
         return torch.tensor([not self.judge.harmful(t.strip()) for t in texts], dtype=torch.bool, device=input_ids.device)
 
@@ -47,6 +52,7 @@ class HFBackend:
         callers that keep the verdict, not the text (the training monitor, the basin plot)."""
         self.model, self.tok, self.batch_size, self.show_progress = model, tokenizer, batch_size, show_progress
         self.stop_judge = stop_judge
+        self.full_length_seconds = 0.0  # with stop_judge: what the last generate() would have cost uncut
 
     def generate_chats(self, chats: list[list[dict]], max_new_tokens: int = 128, desc: str | None = None) -> list[str]:
         return self.generate(chats, max_new_tokens, desc)
@@ -60,6 +66,7 @@ class HFBackend:
                                eos_token_id=model.generation_config.eos_token_id or tok.eos_token_id)
         device = next(model.parameters()).device
         outputs: list[str] = [""] * len(prompts)
+        self.full_length_seconds = 0.0
         side, tok.padding_side = tok.padding_side, "left"
         bar = progress(transient=True) if self.show_progress else None
         try:
@@ -71,6 +78,10 @@ class HFBackend:
                 batch = tok.pad({"input_ids": [encoded[i] for i in idx]}, return_tensors="pt").to(device)
                 stop = StoppingCriteriaList([StopWhenJudged(tok, self.stop_judge, batch["input_ids"].shape[1])]) if self.stop_judge else None
                 out = model.generate(**batch, generation_config=gen, stopping_criteria=stop)
+                if stop:  # prefill + every token at the measured per-token cost (the whole run if it was one token)
+                    crit = stop[0]
+                    per_token = (crit.last - crit.first) / (crit.calls - 1) if crit.calls > 1 else crit.last
+                    self.full_length_seconds += crit.first + (max_new_tokens - 1) * per_token
                 texts = tok.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
                 for i, text in zip(idx, texts):
                     outputs[i] = text.strip()

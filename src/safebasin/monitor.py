@@ -1,14 +1,15 @@
 """The safety monitor: how harmful the live and the EMA weights are while training runs.
 
 At a few steps the probe prompts (a seeded sample from a set disjoint from the eval bench) are
-answered greedily and scored by the keyword judge: the same number a separate `safebasin eval`
-of those weights on that sample gives, at the same batch size. Generation stops for a response
-as soon as it refuses, since its verdict cannot change after that.
+answered greedily and scored by the keyword judge: for a float32 run, the same number a separate
+`safebasin eval` of those weights on that sample gives at the same batch size (a bf16 run is probed
+under its bf16 autocast). Generation stops for a response as soon as it refuses, since its verdict
+cannot change after that.
 
 A probe costs seconds of generation, which on a small CPU run can be several training steps.
-`monitor_budget` caps the monitor's share of the run: after each step and each probe, the probes
-still to come are re-spaced evenly over the rest of the run so that their measured cost stays
-within budget × the estimated training time. The last step is always among them.
+`monitor_budget` caps the monitor's share of the run: after every step, the probes still to come are re-spaced evenly over the rest of the run so that their cost, estimated as if
+no response refused, stays within budget × the estimated training time. The last step is always
+among them, when any fits.
 """
 
 import logging
@@ -44,13 +45,18 @@ class Monitor:
         self.probed: list[int] = []  # steps probed, 0 = the start
         self.seconds = 0.0  # spent probing
         self.generations = 0  # probe passes (one per weight set)
-        self.train_seconds, self.train_steps = 0.0, 0
+        self.full_length_seconds = 0.0  # what they would have cost had no response been cut at its refusal
+        self.step_seconds: list[float] = []  # training steps' own times, probes excluded
         self.thinned = False
 
     # --- measuring
     def _rate(self) -> float:
-        return probe_rate(self.model, self.tok, self.prompts, self.judge, self.cfg.monitor_max_new_tokens,
-                          self.batch_size)["harmful_rate"]
+        # in the run's precision (bf16 autocast when training in bf16: ~1.6x faster on a CPU with avx512_bf16);
+        # a float32 run is probed in float32, bit for bit what `eval` computes
+        with self.accelerator.autocast():
+            r = probe_rate(self.model, self.tok, self.prompts, self.judge, self.cfg.monitor_max_new_tokens, self.batch_size)
+        self.full_length_seconds += r["full_length_seconds"]
+        return r["harmful_rate"]
 
     def _dist(self, tensors) -> float:
         """‖θ − θ0‖ over the whole model; under sharding each rank sums its own shard."""
@@ -85,29 +91,32 @@ class Monitor:
     def due(self, step: int) -> bool:
         return step in self.points
 
-    def after_step(self, step: int, seconds: float, probed: bool) -> None:
-        """Count the training step's time; re-space the probes still to come if the budget requires it."""
-        self.train_seconds += seconds
-        self.train_steps += 1
+    def after_step(self, step: int, seconds: float) -> None:
+        """Count the training step's time; re-space the probes still to come if the budget requires it.
+        Re-planned after every step, as the estimate of a step's time settles (the first steps are slow)."""
+        self.step_seconds.append(seconds)
         budget = self.cfg.monitor_budget
-        if not budget or not (probed or self.train_steps == 1):
+        if not budget:
             return
-        per_generation = self.seconds / max(1, self.generations)
+        # plan for responses that do not refuse (they run to max_new_tokens): a drifting model's, the case that matters
+        per_generation = max(self.seconds, self.full_length_seconds) / max(1, self.generations)
         per_probe = per_generation * (2 if self.ema is not None else 1)
-        train_total = self.train_seconds / self.train_steps * self.steps
+        steady = self.step_seconds[1:] or self.step_seconds  # the first step warms up caches and allocators
+        per_step = sorted(steady)[len(steady) // 2]
+        train_total = per_step * self.steps
         left = [p for p in self.points if p > step]
         fit = max(0, math.floor((budget * train_total - self.seconds) / per_probe)) if per_probe > 0 else len(left)
-        if fit < len(left):
-            self.points = [p for p in self.points if p <= step] + plan(step, self.steps, fit)
-            self.points = self._agree(self.points)
-            if not self.thinned:
-                self.thinned = True
-                log.info("monitor: a probe takes %.1f s (%.1f training steps); to keep the monitor within %.0f%% of the "
-                         "training time it will probe %d more time(s) instead of %d (monitor_budget: 0 probes as planned)",
-                         per_probe, per_probe / (self.train_seconds / self.train_steps), 100 * budget, fit, len(left))
+        wanted = self.points if fit >= len(left) else [p for p in self.points if p <= step] + plan(step, self.steps, fit)
+        self.points, before = self._agree(wanted), self.points
+        if self.points != before and not self.thinned:
+            self.thinned = True
+            log.info("monitor: a probe takes %.1f s (%.1f training steps); to keep the monitor within %.0f%% of the "
+                     "training time it will probe %d more time(s) instead of %d (--monitor-budget 0 runs them all)",
+                     per_probe, per_probe / per_step, 100 * budget, fit, len(left))
 
     def _agree(self, points: list[int]) -> list[int]:
-        """Every rank takes part in a probe (sharded weights are gathered for it), so rank 0's timing decides."""
+        """Every rank takes part in a probe (sharded weights are gathered for it), so rank 0's timing decides;
+        called on every rank after every step, since it is a collective."""
         if self.accelerator.num_processes == 1:
             return points
         from accelerate.utils import broadcast_object_list
@@ -121,8 +130,10 @@ class Monitor:
     # --- checkpoints: a resumed run keeps its start reference and its schedule
     def state_dict(self) -> dict:
         return {"start": self.start, "points": self.points, "probed": self.probed, "seconds": self.seconds,
-                "generations": self.generations, "train_seconds": self.train_seconds, "train_steps": self.train_steps}
+                "full_length_seconds": self.full_length_seconds, "generations": self.generations,
+                "step_seconds": self.step_seconds}
 
     def load_state_dict(self, state: dict) -> None:
         self.start, self.points, self.probed, self.seconds = state["start"], state["points"], state["probed"], state["seconds"]
-        self.generations, self.train_seconds, self.train_steps = state["generations"], state["train_seconds"], state["train_steps"]
+        self.generations, self.step_seconds = state["generations"], state["step_seconds"]
+        self.full_length_seconds = state["full_length_seconds"]

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedType, set_seed
 from transformers import get_scheduler
 
 from . import atomic, checkpoint, data, methods, models
@@ -89,8 +89,6 @@ def total_steps(cfg: TrainConfig, n_examples: int, world: int) -> int:
 
 def sharded(accelerator) -> bool:
     """FSDP or ZeRO-3: each rank holds only a shard of every weight (ZeRO-2 and DDP keep full copies)."""
-    from accelerate.utils import DistributedType
-
     if accelerator.distributed_type == DistributedType.FSDP:
         return True
     plugin = getattr(accelerator.state, "deepspeed_plugin", None)
@@ -138,6 +136,10 @@ def train(cfg: TrainConfig, overwrite: bool = False, show_progress: bool = True,
     if sharded(accelerator) and cfg.method in ("interpolate", "l2-anchor"):
         raise UserError(f"method {cfg.method!r} is not supported with sharded training (FSDP, ZeRO-3) yet; "
                         "use DDP or ZeRO-2, or method ema/sft")
+    if accelerator.distributed_type == DistributedType.DEEPSPEED and cfg.grad_accum > 1:
+        # DeepSpeed steps inside backward(); safebasin's own micro-batch loop would step on every micro-batch
+        raise UserError("grad_accum > 1 is not supported under DeepSpeed; raise batch_size or the number of processes, "
+                        "or use configs/accelerate/fsdp.yaml")
     if sharded(accelerator) and (cfg.save_every or mode == "resume"):
         raise UserError("checkpoints (--save-every, resume) are not supported with sharded training (FSDP, ZeRO-3) yet; "
                         "use DDP or ZeRO-2 for resumable runs")
@@ -248,7 +250,7 @@ def train(cfg: TrainConfig, overwrite: bool = False, show_progress: bool = True,
                 tokens_seen += step_tokens
                 watch = monitor.probe(step) if monitor is not None and monitor.due(step) else {}
                 if monitor is not None:
-                    monitor.after_step(step, seconds, probed=bool(watch))
+                    monitor.after_step(step, seconds)
                 padded_tokens = int(accelerator.reduce(torch.tensor(sum(b["attention_mask"].numel() for b in micro),
                                                                     device=accelerator.device), "sum"))
                 if accelerator.is_main_process and (step % cfg.log_every == 0 or step == steps):
