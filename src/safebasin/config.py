@@ -68,7 +68,7 @@ class TrainConfig(BaseModel):
     gradient_checkpointing: bool = False
 
     # --- safety monitor: probe harmful rate during training (0 = off)
-    monitor: int = Field(0, ge=0)  # number of probe evaluations over the run (--monitor gives 10)
+    monitor: int = Field(0, ge=0)  # number of probe evaluations over the run (10 is a good start)
     monitor_bench: str = "advbench"  # the eval bench; the probe is drawn from a disjoint set (JBB for AdvBench)
     monitor_probe: int = Field(32, ge=1)  # probe prompts, a seeded sample
     monitor_max_new_tokens: int = Field(32, ge=1)
