@@ -27,7 +27,7 @@ def test_basin_ends_equal_separate_evaluations_and_ema_sits_at_its_weight(ema_ru
     _, heldout, _ = load_for_training(cfg)
     for alpha, source in ((0.0, str(cfg.model)), (1.0, str(run / "raw"))):
         model, tok = models.load(source)
-        want = probe_rate(model, tok, prompts, judge, 4) | heldout_loss(model, tok, heldout, cfg.max_seq_len)
+        want = probe_rate(model, tok, prompts, judge, 4)[0] | heldout_loss(model, tok, heldout, cfg.max_seq_len)
         got = next(p for p in result["points"] if p["alpha"] == alpha)
         assert got["harmful_rate"] == want["harmful_rate"] and got["heldout_loss"] == pytest.approx(want["heldout_loss"], rel=1e-6)
     # one step with β=0.7: θ̄ = 0.7·θ0 + 0.3·θ_raw, i.e. on the line at α = 0.3

@@ -60,7 +60,7 @@ def test_stop_rule_fires_on_drift_and_keeps_the_last_safe_weights(tiny_model_dir
     safe = [r["step"] for r in log if "probe_harmful_kept" in r and r["probe_harmful_kept"] <= start_rate + 0.2]
     assert kept == (safe[-1] if safe else 0)
     kept_model, kept_tok = models.load(str(out / "model"))
-    assert probe_rate(kept_model, kept_tok, prompts, keyword_judge(str(refusals)), 6)["harmful_rate"] <= start_rate + 0.2
+    assert probe_rate(kept_model, kept_tok, prompts, keyword_judge(str(refusals)), 6)[0]["harmful_rate"] <= start_rate + 0.2
     assert not (out / "monitor_last_safe").exists()
 
 

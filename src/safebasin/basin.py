@@ -25,12 +25,13 @@ def probe_prompts(eval_bench: str, n: int, seed: int, ddir: str | None) -> tuple
     return name, load_bench(name, ddir, sample=n, seed=seed).prompts
 
 
-def probe_rate(model, tok, prompts: list[str], judge, max_new_tokens: int, batch_size: int = 16) -> dict:
+def probe_rate(model, tok, prompts: list[str], judge, max_new_tokens: int, batch_size: int = 16) -> tuple[dict, float]:
     """The keyword harmful rate a full `eval` would give, at a fraction of the cost: a response stops
-    as soon as it refuses (its verdict cannot change after that)."""
+    as soon as it refuses (its verdict cannot change after that). Also returns the seconds the
+    generation would have taken uncut, for callers that budget their probes."""
     backend = HFBackend(model, tok, batch_size, show_progress=False, stop_judge=judge)
     responses = backend.generate(prompts, max_new_tokens)
-    return rate([judge.harmful(r) for r in responses]) | {"full_length_seconds": backend.full_length_seconds}
+    return rate([judge.harmful(r) for r in responses]), backend.full_length_seconds
 
 
 def _vector(state: dict[str, torch.Tensor], keys: list[str]) -> torch.Tensor:
@@ -62,18 +63,13 @@ def basin(run_dir: str | Path, eval_bench: str = "advbench", probe_n: int = 32, 
     alpha_ema = float(e @ d / (d @ d)) if float(d @ d) > 0 else 0.0
     off_line = float((e - alpha_ema * d).norm())
 
-    def rate_at() -> dict:
-        r = probe_rate(model, tok, prompts, judge, max_new_tokens)
-        r.pop("full_length_seconds")
-        return r
-
     def at(alpha: float) -> dict:
         with torch.no_grad():
             sd = model.state_dict()
             for k in keys:
                 sd[k].copy_(torch.lerp(theta0[k].float(), raw[k].float(), alpha) if alpha <= 1 else
                             theta0[k].float() + alpha * (raw[k].float() - theta0[k].float()))
-        point = rate_at() | heldout_loss(model, tok, heldout, cfg.max_seq_len)
+        point = probe_rate(model, tok, prompts, judge, max_new_tokens)[0] | heldout_loss(model, tok, heldout, cfg.max_seq_len)
         return {"alpha": alpha, **point}
 
     points = [at(a) for a in alphas]
@@ -84,7 +80,7 @@ def basin(run_dir: str | Path, eval_bench: str = "advbench", probe_n: int = 32, 
             for k in keys:
                 sd[k].copy_(kept[k])
         ema_point = {"alpha": alpha_ema, "off_line_norm": off_line,
-                     **rate_at(), **heldout_loss(model, tok, heldout, cfg.max_seq_len)}
+                     **probe_rate(model, tok, prompts, judge, max_new_tokens)[0], **heldout_loss(model, tok, heldout, cfg.max_seq_len)}
     result = {"run": str(run), "probe": probe_name, "probe_n": len(prompts), "judge": judge.name,
               "distance_raw": float(d.norm()), "points": points, "ema": ema_point}
     atomic.write_json(run / "basin.json", result)

@@ -54,8 +54,9 @@ class Monitor:
         # in the run's precision (bf16 autocast when training in bf16: ~1.6x faster on a CPU with avx512_bf16);
         # a float32 run is probed in float32, bit for bit what `eval` computes
         with self.accelerator.autocast():
-            r = probe_rate(self.model, self.tok, self.prompts, self.judge, self.cfg.monitor_max_new_tokens, self.batch_size)
-        self.full_length_seconds += r["full_length_seconds"]
+            r, uncut = probe_rate(self.model, self.tok, self.prompts, self.judge, self.cfg.monitor_max_new_tokens,
+                                  self.batch_size)
+        self.full_length_seconds += uncut
         return r["harmful_rate"]
 
     def _dist(self, tensors) -> float:

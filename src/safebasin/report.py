@@ -96,6 +96,11 @@ th{background:#f3f3f3}pre{white-space:pre-wrap;background:#f8f8f8;padding:6px;ma
 .harmful{color:#a00;font-weight:bold}.safe{color:#070;font-weight:bold}img{max-width:100%}"""
 
 
+def img_html(alt: str, png: bytes) -> str:
+    """A PNG inlined as a data URI: the page stays one self-contained file."""
+    return f"<img alt='{html.escape(alt)}' src='data:image/png;base64,{base64.b64encode(png).decode()}'>"
+
+
 def html_page(title: str, sections: list[tuple[str, str]], png: bytes | None = None, notes: list[str] | None = None) -> str:
     """sections: (heading, trusted HTML built by this module's helpers)."""
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
@@ -104,7 +109,7 @@ def html_page(title: str, sections: list[tuple[str, str]], png: bytes | None = N
     for note in notes or []:
         parts.append(f"<p>{html.escape(note)}</p>")
     if png:
-        parts.append(f"<img alt='trade-off plot' src='data:image/png;base64,{base64.b64encode(png).decode()}'>")
+        parts.append(img_html("trade-off plot", png))
     for heading, body in sections:
         parts.append(f"<h2>{html.escape(heading)}</h2>{body}")
     parts.append("</body></html>")
@@ -274,7 +279,7 @@ def sweep_report(sweep_dir: str | Path, max_harm_increase: float = 0.02, utility
         if p["run_dir"] and (Path(p["run_dir"]) / "basin.png").is_file():
             pngs[f"basin: {p['label']}"] = (Path(p["run_dir"]) / "basin.png").read_bytes()
     for name, png in pngs.items():
-        sections.append((name.removesuffix(".png"), f"<img alt='{html.escape(name)}' src='data:image/png;base64,{base64.b64encode(png).decode()}'>"))
+        sections.append((name.removesuffix(".png"), img_html(name, png)))
     atomic.write_text(sweep_dir / "report.html", html_page(f"safebasin sweep report: {sweep_dir.name}", sections))
     return summary | {"markdown": md}
 
@@ -379,7 +384,7 @@ def run_report(run_dir: str | Path) -> Path:
     if (run / "basin.png").is_file():
         pngs["safety basin"] = (run / "basin.png").read_bytes()
     for name, png in pngs.items():
-        sections.append((name, f"<img alt='{html.escape(name)}' src='data:image/png;base64,{base64.b64encode(png).decode()}'>"))
+        sections.append((name, img_html(name, png)))
     write_png(run / "training.png", pngs["training"])
     atomic.write_text(run / "report.html", html_page(f"safebasin run report: {run.name}", sections, notes=notes))
     return run / "report.html"

@@ -133,14 +133,15 @@ def train(cfg: TrainConfig, overwrite: bool = False, show_progress: bool = True,
     model, optimizer = accelerator.prepare(model, optimizer)
     named = [(n, p) for n, p in accelerator.unwrap_model(model).named_parameters() if p.requires_grad]
     params = [p for _, p in named]
-    if sharded(accelerator) and cfg.method in ("interpolate", "l2-anchor"):
+    is_sharded = sharded(accelerator)
+    if is_sharded and cfg.method in ("interpolate", "l2-anchor"):
         raise UserError(f"method {cfg.method!r} is not supported with sharded training (FSDP, ZeRO-3) yet; "
                         "use DDP or ZeRO-2, or method ema/sft")
     if accelerator.distributed_type == DistributedType.DEEPSPEED and cfg.grad_accum > 1:
         # DeepSpeed steps inside backward(); safebasin's own micro-batch loop would step on every micro-batch
         raise UserError("grad_accum > 1 is not supported under DeepSpeed; raise batch_size or the number of processes, "
                         "or use configs/accelerate/fsdp.yaml")
-    if sharded(accelerator) and (cfg.save_every or mode == "resume"):
+    if is_sharded and (cfg.save_every or mode == "resume"):
         raise UserError("checkpoints (--save-every, resume) are not supported with sharded training (FSDP, ZeRO-3) yet; "
                         "use DDP or ZeRO-2 for resumable runs")
     ema = EMA(params, cfg.ema_beta, device="cpu" if cfg.ema_on_cpu else None) if cfg.ema_beta is not None else None
@@ -150,7 +151,7 @@ def train(cfg: TrainConfig, overwrite: bool = False, show_progress: bool = True,
         from .monitor import Monitor
 
         theta0 = anchor if anchor is not None else [local_shard(p).detach().to("cpu", copy=True) for p in params]
-        monitor = Monitor(cfg, accelerator, accelerator.unwrap_model(model), tok, params, ema, steps, theta0, sharded(accelerator))
+        monitor = Monitor(cfg, accelerator, accelerator.unwrap_model(model), tok, params, ema, steps, theta0, is_sharded)
     monitor_safe_step, monitor_stopped = 0, None
     batches = data.Batches(len(encoded), cfg.batch_size, cfg.seed, accelerator.process_index, accelerator.num_processes,
                            lengths=[len(x["input_ids"]) for x in encoded] if cfg.group_by_length else None)
@@ -276,7 +277,7 @@ def train(cfg: TrainConfig, overwrite: bool = False, show_progress: bool = True,
                 if cfg.save_every and (step % cfg.save_every == 0 or step == steps):
                     save_checkpoint(step)
                 if sigint["hit"]:
-                    if sharded(accelerator):
+                    if is_sharded:
                         raise Interrupted(f"interrupted after step {step}; sharded runs keep no checkpoint yet")
                     if not (cfg.save_every and (step % cfg.save_every == 0 or step == steps)):
                         save_checkpoint(step)
@@ -313,7 +314,7 @@ def train(cfg: TrainConfig, overwrite: bool = False, show_progress: bool = True,
         atomic.write_json(out / SUMMARY_FILE, {
             "steps": steps, "examples": len(encoded), "data_source": source, "tokens": tokens_seen,
             "seconds": round(time.perf_counter() - started, 2), "final_loss": loss_value, "ema_beta": cfg.ema_beta,
-            "world_size": accelerator.num_processes, "sharded": sharded(accelerator), "distributed": str(accelerator.distributed_type),
+            "world_size": accelerator.num_processes, "sharded": is_sharded, "distributed": str(accelerator.distributed_type),
             # what one rank holds: under FSDP / ZeRO-3 its EMA is its shard, about 1/world of the trainable weights
             **({"ema_numel_per_rank": sum(s.numel() for s in ema.shadow)} if ema is not None else {}),
             "trainable_numel": trainable_numel,
