@@ -29,12 +29,13 @@ def test_safety_mix_adds_exactly_n_safety_rows(data_dir):
     safety_answers = {ex[-1]["content"] for ex in safety}
     plain_train, _, _ = data.load_for_training(TrainConfig(data="dolly", data_dir=str(data_dir), max_examples=300, heldout_size=20))
     for kw, n in (({}, 9), ({"safety_mix_fraction": 0.1}, 30), ({"safety_mix_count": 17}, 17)):
-        mixed, _, _ = data.load_for_training(TrainConfig(data="dolly", data_dir=str(data_dir), max_examples=300, heldout_size=20,
-                                                         method="safety-mix", **kw))
+        cfg = TrainConfig(data="dolly", data_dir=str(data_dir), max_examples=300, heldout_size=20, method="safety-mix", **kw)
+        mixed = methods.get("safety-mix")(cfg).prepare_rows(data.load_for_training(cfg)[0])
         assert len(mixed) == 300 + n and mixed[:300] == plain_train
         assert sum(ex[-1]["content"] in safety_answers for ex in mixed[300:]) == n
     with pytest.raises(UserError, match="safety-mix wants 99999 safety rows"):
-        data.load_for_training(TrainConfig(data="dolly", data_dir=str(data_dir), method="safety-mix", safety_mix_count=99999))
+        cfg = TrainConfig(data="dolly", data_dir=str(data_dir), method="safety-mix", safety_mix_count=99999)
+        methods.get("safety-mix")(cfg).prepare_rows(data.load_for_training(cfg)[0])
 
 
 def test_interpolate_ends_reproduce_theta0_and_theta_ft(tiny_model_dir, data_dir, tmp_path):
@@ -78,7 +79,7 @@ def test_cli_method_flag(tiny_model_dir, data_dir, tmp_path):
 
     bad = run_cli("train", "--model", tiny_model_dir, "--data", "dolly", "--data-dir", data_dir, "--method", "magic",
                   "--output-dir", tmp_path / "x")
-    assert bad.returncode == 2 and "method: Input should be 'sft', 'ema'" in bad.stderr
+    assert bad.returncode == 2 and "method: unknown method 'magic'; known: ema, interpolate" in bad.stderr
     ok = run_cli("train", "--model", tiny_model_dir, "--data", "dolly", "--data-dir", data_dir, "--method", "l2-anchor",
                  "--l2-lambda", "0.5", "--steps", 1, "--batch-size", 2, "--max-examples", 8, "--heldout-size", 4,
                  "--max-seq-len", 160, "--output-dir", tmp_path / "y")

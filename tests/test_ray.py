@@ -23,6 +23,6 @@ def test_ray_backend_records_every_trial(tiny_model_dir, data_dir, tmp_path):
         counts = run_sweep(load_sweep_config(str(y), [], {}, None), backend="ray", show_progress=False)
     finally:
         ray.shutdown()
-    assert counts == {"skipped": 0, "done": 3, "failed": 0}
+    assert counts == {"skipped": 0, "done": 3, "failed": 0, "elsewhere": 0}
     runs = Store(tmp_path / "sweep" / "runs.db").runs("done")
     assert len(runs) == 3 and all((tmp_path / "sweep" / "runs").exists() for _ in runs)

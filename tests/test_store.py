@@ -115,3 +115,79 @@ def test_eval_metrics_flatten():
     rows = eval_metrics(results)
     assert ("model", "hexphi", "", "harmful_rate", 0.5) in rows and ("model", "hexphi", "A", "n", 2) in rows
     assert ("model", "utility", "", "heldout_loss", 2.0) in rows and not any(r[3] == "heldout_data" for r in rows)
+
+
+def _dead_pid() -> int:
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def test_claims_take_each_run_once_and_free_a_dead_workers_run(tmp_path):
+    """The claim is what stops two sweeps on one dir from training the same trial twice."""
+    import os
+    import socket
+    import time
+
+    store = Store(tmp_path / "runs.db")
+    ids = [store.upsert_run({"i": i})[0] for i in range(5)]
+    since = time.time()
+    assert store.claim_next(ids, since) == ids[0]
+    assert store.claim(ids[0], since) is False  # ours, running: not free again
+    row = store.run(ids[0])
+    assert row["status"] == "running" and row["worker_pid"] == os.getpid() and row["worker_host"] == socket.gethostname()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        with store.tx() as c:
+            c.execute("UPDATE runs SET status='running', worker_pid=?, worker_host=? WHERE id=?", (live.pid, socket.gethostname(), ids[1]))
+            c.execute("UPDATE runs SET status='running', worker_pid=?, worker_host=? WHERE id=?", (_dead_pid(), socket.gethostname(), ids[2]))
+            c.execute("UPDATE runs SET status='running', worker_pid=1, worker_host='another-host' WHERE id=?", (ids[3],))
+            c.execute("UPDATE runs SET status='failed', finished_at=? WHERE id=?", (since + 1, ids[4]))  # a peer's, just now
+        assert store.claim_next(ids, since) == ids[2]  # the live worker's, the other host's and the fresh failure stay put
+        assert store.claim_next(ids, since) is None
+        assert store.claim(ids[4], since + 2) is True  # a failure from before this worker started is retried
+    finally:
+        live.kill()
+        live.wait()
+    assert store.claim(ids[1], since) is True  # its worker died: a resumed sweep takes it back
+
+
+def test_readonly_store_leaves_a_foreign_sqlite_file_alone(tmp_path):
+    from conftest import run_cli
+
+    foreign = tmp_path / "runs.db"
+    conn = sqlite3.connect(foreign)
+    conn.execute("CREATE TABLE notes (body TEXT)")
+    conn.execute("INSERT INTO notes VALUES ('mine')")
+    conn.commit()
+    conn.close()
+    before = foreign.read_bytes()
+    with pytest.raises(UserError, match="not a safebasin results store"):
+        Store(foreign, readonly=True)
+    with pytest.raises(UserError, match="not a safebasin results store"):
+        Store(foreign)  # not even a sweep may turn it into one
+    r = run_cli("runs", "ls", tmp_path)
+    assert r.returncode == 2 and "not a safebasin results store" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert foreign.read_bytes() == before
+    conn = sqlite3.connect(foreign)
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+    assert {r[0] for r in conn.execute("SELECT name FROM sqlite_master")} == {"notes"}
+    conn.close()
+
+
+def test_runs_ls_and_show_read_a_real_store_without_writing(tmp_path):
+    from conftest import run_cli
+
+    store = Store(tmp_path / "runs.db")
+    run_id, _ = store.upsert_run({"train": {"method": "sft", "lr": 1e-5, "batch_size": 2, "grad_accum": 1, "steps": 1, "ema_beta": None}})
+    store.claim(run_id)
+    store.finish(run_id, [("model", "advbench", "", "harmful_rate", 0.25)])
+    store.close()
+    before = (tmp_path / "runs.db").read_bytes()
+    ls = run_cli("runs", "ls", tmp_path)
+    assert ls.returncode == 0 and "done" in ls.stdout and "25.0%" in ls.stdout, ls.stderr
+    show = run_cli("runs", "show", tmp_path, str(run_id))
+    assert show.returncode == 0 and '"harmful_rate"' in show.stdout
+    assert (tmp_path / "runs.db").read_bytes() == before
+    with pytest.raises(sqlite3.OperationalError, match="readonly"):
+        Store(tmp_path / "runs.db", readonly=True).conn.execute("DELETE FROM runs")

@@ -1,5 +1,6 @@
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -55,7 +56,7 @@ def finished_sweep(tiny_model_dir, data_dir, tmp_path_factory):
 
 def test_sweep_records_every_trial_and_the_baseline(finished_sweep):
     cfg, counts = finished_sweep
-    assert counts == {"skipped": 0, "done": 5, "failed": 0}
+    assert counts == {"skipped": 0, "done": 5, "failed": 0, "elsewhere": 0}
     store = Store(f"{cfg.output_dir}/runs.db")
     runs = store.runs()
     assert [r["kind"] for r in runs].count("baseline") == 1 and len(runs) == 5
@@ -65,7 +66,7 @@ def test_sweep_records_every_trial_and_the_baseline(finished_sweep):
         if r["kind"] == "trial" and r["config"]["train"]["ema_beta"] is not None:
             assert ("raw", "advbench", "harmful_rate") in names
     again = run_sweep(cfg, show_progress=False)
-    assert again == {"skipped": 5, "done": 0, "failed": 0}
+    assert again == {"skipped": 5, "done": 0, "failed": 0, "elsewhere": 0}
 
 
 def test_report_on_a_tiny_sweep(finished_sweep):
@@ -170,3 +171,122 @@ def test_sweep_report_embeds_basin_plots(finished_sweep):
     report.sweep_report(cfg.output_dir, max_harm_increase=1.0)
     page = open(f"{cfg.output_dir}/report.html").read()
     assert "<h2>basin: " in page
+
+
+def _step1_lines(run_dir) -> int:
+    log = os.path.join(run_dir, "train_log.jsonl")
+    return sum(json.loads(line)["step"] == 1 for line in open(log) if line.strip())
+
+
+def test_two_sweeps_on_one_dir_split_the_trials(tiny_model_dir, data_dir, tmp_path):
+    """Two workers on one dir (two terminals, two cluster jobs) claim runs: each trial is trained once."""
+    y = _sweep_yaml(tmp_path, tiny_model_dir, data_dir)
+    cmd = [sys.executable, "-m", "safebasin.cli", "sweep", "--config", str(y)]
+    env = {**os.environ, "COLUMNS": "200"}
+    procs = [subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [e[-2000:] for _, e in outs]
+    ran = [int(re.search(r"^sweep .*: (\d+) run, \d+ already finished", err, re.M).group(1)) for _, err in outs]
+    assert sum(ran) == 5, ran  # 4 trials + the baseline, between them; without claims each ran all 5
+    store = Store(tmp_path / "sweep" / "runs.db")
+    runs = store.runs()
+    assert len(runs) == 5 and all(r["status"] == "done" for r in runs)
+    for r in runs:
+        if r["kind"] == "trial":
+            assert _step1_lines(r["run_dir"]) == 1, r["run_dir"]
+
+
+def test_sweep_checks_every_setting_before_the_first_trial(tiny_model_dir, data_dir, tmp_path):
+    """A typo found after training the grid costs the grid: benches, backend, trials and the dir are checked first."""
+    y = _sweep_yaml(tmp_path, tiny_model_dir, data_dir)
+    sweep_dir = tmp_path / "sweep"
+
+    def check(match, grid=(), sets=(), output_dir=None, backend="local"):
+        with pytest.raises(UserError, match=match) as e:
+            run_sweep(load_sweep_config(str(y), list(grid), {}, output_dir, list(sets)), backend=backend, show_progress=False)
+        assert "\n" not in str(e.value)
+        assert not sweep_dir.exists(), "work (a dir, a store) before the check"
+
+    check(r"eval\.benches: unknown bench 'advbnch'", sets=["eval.benches=advbench,advbnch"])
+    check(r"unknown backend 'rey': use local or ray", backend="rey")
+    check(r"data: unknown dataset 'missing\.jsonl'", grid=["data=dolly,missing.jsonl"])
+    check(r"model '/nonexistent/model': no such file or folder", sets=["model=/nonexistent/model"])
+    check(r"sweep trial \{'lr': 0, .*lr: Input should be greater than 0", grid=["lr=1e-4,0"])
+    check(r"eval\.refusal_list: unknown refusal list 'gcgg'", sets=["eval.refusal_list=gcgg"])
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a dir")
+    check(r"a_file is a file, not a directory", output_dir=str(a_file))
+    check(r"a_file is a file, not a directory", output_dir=str(a_file / "sub"))
+    assert a_file.read_text() == "not a dir"
+
+
+def test_sweep_cli_exits_1_naming_the_failed_trials(tiny_model_dir, data_dir, tmp_path):
+    """A trial that fails at run time (here: more held-out rows than the data has) must not end in exit 0."""
+    from conftest import run_cli
+
+    y = _sweep_yaml(tmp_path, tiny_model_dir, data_dir)
+    r = run_cli("sweep", "--config", y, "--grid", "lr=1e-4", "--grid", "ema_beta=null", "--grid", "heldout_size=4,100000",
+                "--set", "eval.limit=2", "--set", "eval.benches=advbench", "--set", "eval.utility=false")
+    assert r.returncode == 1, r.stderr[-2000:]
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("error:") and "1 of 3 runs failed" in last
+    store = Store(tmp_path / "sweep" / "runs.db")
+    runs = store.runs()
+    assert sorted(x["status"] for x in runs) == ["done", "done", "failed"]
+    assert all(x["config"]["eval"]["limit"] == 2 and x["config"]["eval"]["benches"] == ["advbench"] for x in runs)
+    failed = next(x for x in runs if x["status"] == "failed")
+    assert failed["config"]["train"]["heldout_size"] == 100000 and "heldout_size" in failed["error"]
+    bad_dir = run_cli("sweep", "--config", y, "--output-dir", tmp_path / "sweep" / "sweep.yaml")
+    assert bad_dir.returncode == 2 and "is a file, not a directory" in bad_dir.stderr
+    assert len(bad_dir.stderr.strip().splitlines()) == 1
+
+
+def test_set_flags_reach_any_training_or_eval_setting(tmp_path):
+    from conftest import run_cli
+
+    cfg = load_sweep_config(None, ["lr=1e-5,2e-5"], {}, str(tmp_path),
+                            ["eval.limit=5", "eval.benches=advbench,xstest", "eval.utility=false", "steps=3",
+                             "warmup_steps=1", "ema_beta=null", "lora_target_modules=q_proj,v_proj", "eval.limit=7"])
+    assert (cfg.eval.limit, cfg.eval.benches, cfg.eval.utility) == (7, ["advbench", "xstest"], False)  # the last --set wins
+    ts = [t for _, t in trials(cfg)]
+    assert len(ts) == 2 and all((t.steps, t.warmup_steps, t.ema_beta, t.lora_target_modules) == (3, 1, None, ["q_proj", "v_proj"])
+                                for t in ts)
+    for flag, match in [("eval.limt=5", r"--set eval\.limt: unknown eval setting 'limt'; did you mean 'limit'"),
+                        ("learning_rate=1e-5", r"--set learning_rate: unknown training setting 'learning_rate'"),
+                        ("output_dir=x", r"--set output_dir: .*--output-dir"),
+                        ("eval.limit=0", r"--set eval\.limit: invalid config: limit: Input should be greater than or equal to 1"),
+                        ("eval.backend=gpu", r"--set eval\.backend: invalid config: backend"),
+                        ("weight_decay=-1", r"--set weight_decay: invalid config: weight_decay: Input should be greater"),
+                        ("steps=many", r"--set steps: invalid config: steps: Input should be a valid integer"),
+                        ("lr=1e-3", r"--set lr: 'lr' is swept"),
+                        ("steps", r"--set 'steps': expected KEY=VALUE")]:
+        with pytest.raises(UserError, match=match):
+            load_sweep_config(None, ["lr=1e-5,2e-5"], {}, str(tmp_path), [flag])
+    r = run_cli("sweep", "--set", "eval.limt=5", "--output-dir", tmp_path / "s")
+    assert r.returncode == 2 and "eval.limt" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "s").exists()
+
+
+def test_report_md_escapes_names_from_the_data(tmp_path):
+    """A sweep dir or bench named like markup must stay text in report.md: no script, no javascript: link."""
+    from markdown_it import MarkdownIt
+
+    evil = "[x](javascript:alert(1))<script>alert(1)<"
+    sweep_dir = tmp_path / evil
+    store = Store(sweep_dir / "runs.db")
+    for i, lr in enumerate((1e-5, 1e-4)):
+        train = {"method": "sft", "lr": lr, "batch_size": 2, "grad_accum": 1, "steps": 1, "ema_beta": None, "lora_r": 0}
+        run_id, _ = store.upsert_run({"train": train}, run_dir=str(sweep_dir / "runs" / str(i)))
+        store.start(run_id)
+        store.finish(run_id, [("model", evil, "", "harmful_rate", 0.1 * i), ("model", evil, "", "ci_low", 0.0),
+                              ("model", evil, "", "ci_high", 0.5), ("model", evil, "", "n", 10),
+                              ("model", "utility", "", "heldout_loss", 2.0 - i)])
+    store.close()
+    summary = report.sweep_report(sweep_dir, max_harm_increase=1.0)
+    md = (sweep_dir / "report.md").read_text()
+    assert md == summary["markdown"] and "Recommended" in md
+    for raw in ("<script", "](javascript:", "[x]"):
+        assert raw not in md, raw
+    assert md.count("\\[x\\]\\(javascript:alert\\(1\\)\\)&lt;script&gt;alert\\(1\\)&lt;") >= 2  # the title's bench and the run dir
+    rendered = MarkdownIt("commonmark").render(md)
+    assert "<script" not in rendered and "href" not in rendered and "&lt;script&gt;alert(1)" in rendered

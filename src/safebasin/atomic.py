@@ -48,3 +48,28 @@ def append_jsonl(path: str | Path, row) -> None:
     with open(path, "a", encoding="utf-8") as f:
         f.write(json.dumps(row, ensure_ascii=False) + "\n")
         f.flush()
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """The rows of a JSONL log. A torn last line (a kill mid-append) is skipped with a warning;
+    a bad line anywhere else is a one-line error naming it."""
+    import logging
+
+    from .errors import UserError
+
+    lines = Path(path).read_text(encoding="utf-8", errors="replace").splitlines()
+    rows = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            row = None
+        if not isinstance(row, dict):
+            if n == len(lines):
+                logging.getLogger(__name__).warning("%s: line %d is torn (a run killed mid-write?); skipped", path, n)
+                continue
+            raise UserError(f"{path}: line {n}: not a JSON object")
+        rows.append(row)
+    return rows

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from . import atomic, data, models, report
-from .config import TrainConfig, read_yaml
+from .config import TrainConfig, build, read_yaml
 from .errors import UserError
 from .evaluate import heldout_loss, load_bench
 from .generate import HFBackend
@@ -21,6 +21,11 @@ PROBE_DISJOINT = {"advbench": "jbb", "jbb": "advbench"}  # probe from a set disj
 
 
 def probe_prompts(eval_bench: str, n: int, seed: int, ddir: str | None) -> tuple[str, list[str]]:
+    """A seeded sample of n prompts from a set disjoint from the eval bench (JBB for a file bench)."""
+    if not data.is_bench(eval_bench):
+        raise UserError(f"unknown bench {eval_bench!r}: use one of {', '.join(data.BENCH_SETS)} or a prompts file")
+    if n < 1:
+        raise UserError(f"--probe must be at least 1, got {n}")
     name = PROBE_DISJOINT.get(eval_bench, "jbb")
     return name, load_bench(name, ddir, sample=n, seed=seed).prompts
 
@@ -45,7 +50,8 @@ def basin(run_dir: str | Path, eval_bench: str = "advbench", probe_n: int = 32, 
     run = Path(run_dir)
     if not (run / "config.yaml").is_file() or not (run / "model" / "config.json").is_file():
         raise UserError(f"{run}: not a finished `safebasin train` run dir (config.yaml, model/)")
-    cfg = TrainConfig(**read_yaml(run / "config.yaml"))
+    cfg = build(TrainConfig, read_yaml(run / "config.yaml"), str(run / "config.yaml"))
+    probe_prompts(eval_bench, probe_n, cfg.seed, cfg.data_dir)  # bad bench or --probe: refused before loading anything
     raw_dir = run / ("raw" if (run / "raw" / "config.json").is_file() else "model")
     device, dtype = models.eval_placement()
     model, tok = models.load(cfg.model, dtype=dtype, chat_template=cfg.chat_template)

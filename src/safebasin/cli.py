@@ -7,11 +7,13 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 
-from .errors import UserError
-from .ui import console, out
+from .errors import UserError, describe
+from .ui import console, out, say
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+# rich_markup_mode=None: help text is printed literally, so `pip install 'safebasin[vllm]'` keeps its brackets
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="Fine-tune chat LLMs on benign data without leaving their safety basin.")
 STATE = {"debug": False}
 
@@ -81,7 +83,7 @@ def train(
         raise UserError("choose one of --resume and --overwrite")
     run_dir = run(cfg, overwrite=overwrite, resume=resume)
     if int(os.environ.get("RANK", "0")) == 0:  # once, also under `accelerate launch` / torchrun
-        console.print(f"[green]done[/green]: kept model in {run_dir / 'model'}")
+        say(f"kept model in {run_dir / 'model'}", tag="done")
 
 
 @app.command("eval")
@@ -104,11 +106,14 @@ def eval_(
     judge_model: Optional[str] = typer.Option(None, help="llm: the model name at the endpoint; classifier: a local path."),
     judge_api_key_env: str = typer.Option("OPENAI_API_KEY", help="Name of the env var holding the judge's API key (never the key)."),
     judge_concurrency: int = typer.Option(4, help="Judge requests in flight at once."),
+    judge_timeout: float = typer.Option(30.0, help="Seconds to wait for each judge request (> 0)."),
+    judge_retries: int = typer.Option(2, help="Retries of a failed judge request (0 = none); then the item is a judge error."),
     prompt_field: Optional[str] = typer.Option(None, help="Prompt column of a local file (detected if omitted)."),
     category_field: Optional[str] = typer.Option(None, help="Column for the per-category breakdown."),
     utility_data: Optional[str] = typer.Option(None, help="Held-out data for a model that is not a run dir (default dolly)."),
     data_dir: Optional[str] = typer.Option(None, help="Where named datasets live."),
     output_dir: Optional[str] = typer.Option(None, help="Where eval.json and generations.jsonl go (default: RUN/eval or runs/eval)."),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Load .bin (pickle) weights; they can run code."),
 ):
     """Harmful rate (keyword judge, 95% CI, per category) and utility of a model or run dir."""
     from .evaluate import evaluate
@@ -117,12 +122,16 @@ def eval_(
     if not spec:
         raise UserError("give a model: safebasin eval MODEL or --model MODEL")
     judge2 = None
+    from .judges import check_llm_settings
+
+    check_llm_settings(judge_concurrency, judge_retries, judge_timeout)
     if judge == "llm":
         from .judges import LLMJudge
 
         if not judge_url or not judge_model:
             raise UserError("--judge llm needs --judge-url and --judge-model")
-        judge2 = LLMJudge(judge_url, judge_model, api_key_env=judge_api_key_env, concurrency=judge_concurrency)
+        judge2 = LLMJudge(judge_url, judge_model, api_key_env=judge_api_key_env, concurrency=judge_concurrency,
+                          retries=judge_retries, timeout=judge_timeout)
     elif judge == "classifier":
         from .judges import ClassifierJudge
 
@@ -137,28 +146,40 @@ def eval_(
     results = evaluate(spec, bench, out_dir, utility=utility, limit=limit, sample=sample, seed=seed,
                        max_new_tokens=max_new_tokens, batch_size=batch_size, refusal_list=refusal_list,
                        data_dir=data_dir, prompt_field=prompt_field, category_field=category_field,
-                       utility_data=utility_data, judge2=judge2, backend=backend)
+                       utility_data=utility_data, judge2=judge2, backend=backend, allow_pickle=allow_pickle)
     print_eval_table(results)
-    console.print(f"wrote {out_dir / 'eval.json'} and {out_dir / 'generations.jsonl'}")
+    say(f"wrote {out_dir / 'eval.json'} and {out_dir / 'generations.jsonl'}")
 
 
 def print_eval_table(results: dict) -> None:
-    from rich.table import Table
+    from .ui import LiteralTable as Table  # cells from data print as written
 
-    table = Table(title=f"judge {results['settings']['judge']}, greedy, max_new_tokens {results['settings']['max_new_tokens']}")
+    table = Table(title=escape(f"judge {results['settings']['judge']}, greedy, max_new_tokens {results['settings']['max_new_tokens']}"))
     for col in ("model", "bench", "n", "keyword judge", "95% CI", "second judge", "mean score", "held-out loss", "ROUGE-L"):
         table.add_column(col)
+    warnings = []
     for label, entry in results["models"].items():
         util = entry.get("utility", {})
         for name, b in entry["benchmarks"].items():
             what = "refusal" if b["kind"] == "over-refusal" else "harmful"
             value = b["refusal_rate"] if what == "refusal" else b["harmful_rate"]
             second = b.get("llm_judge") or b.get("classifier_judge")
-            table.add_row(label, name, str(b["n"]), f"{value:.1%} {what}", f"{b['ci_low']:.1%}-{b['ci_high']:.1%}",
-                          f"{second['harmful_rate']:.1%} harmful ({second['judge_errors']} errors)" if second else "",
+            if second is None:
+                second_cell = ""
+            elif second["harmful_rate"] is None:  # every judge call failed: no verdict, not "0% harmful"
+                second_cell = f"no verdicts ({second['judge_errors']} judge errors)"
+            else:
+                second_cell = f"{second['harmful_rate']:.1%} harmful ({second['judge_errors']} errors)"
+            if second and second["judge_errors"]:
+                warnings.append(f"{label} {name}: {second['judge']} gave no verdict on {second['judge_errors']} of "
+                                f"{second['n'] + second['judge_errors']} items (judge errors, left out of its rate)")
+            table.add_row(label, name, str(b["n"]), "no verdicts" if value is None else f"{value:.1%} {what}",
+                          "" if b["ci_low"] is None else f"{b['ci_low']:.1%}-{b['ci_high']:.1%}", second_cell,
                           f"{second['mean_score']:.2f}" if second and second.get("mean_score") is not None else "",
                           f"{util['heldout_loss']:.3f}" if util else "", f"{util['rougeL']:.3f}" if util else "")
     out.print(table)
+    for w in warnings:
+        say(w, tag="warning", style="yellow")
 
 
 @app.command()
@@ -180,11 +201,11 @@ def demo(
                       {"model": model, "data_dir": data_dir, "seed": seed})
     summary = run_demo(cfg, output_dir)
     print_demo_table(summary)
-    console.print(f"report: {Path(output_dir) / 'report.html'}  plot: {Path(output_dir) / 'tradeoff.png'}")
+    say(f"report: {Path(output_dir) / 'report.html'}  plot: {Path(output_dir) / 'tradeoff.png'}")
 
 
 def print_demo_table(summary: dict) -> None:
-    from rich.table import Table
+    from .ui import LiteralTable as Table  # cells from data print as written
 
     table = Table(title=f"AdvBench first {summary['settings']['prompts']} prompts, keyword judge, seed {summary['seed']}")
     for col in ("arm", "harmful rate", "95% CI", "held-out loss", "ROUGE-L"):
@@ -207,33 +228,41 @@ def sweep(
     steps: Optional[int] = typer.Option(None),
     output_dir: Optional[str] = typer.Option(None, help="Sweep dir (runs.db, runs/, report)."),
     backend: str = typer.Option("local", help="local (one after another) or ray (an existing Ray cluster)."),
+    set_: list[str] = typer.Option([], "--set", help="KEY=VALUE for any training setting, eval.KEY=VALUE for an eval "
+                                   "setting (e.g. eval.limit=5); repeatable, overrides the YAML."),
 ):
-    """Train and evaluate a grid of configs; re-running skips finished trials."""
+    """Train and evaluate a grid of configs; re-running skips finished trials. Exits 1 when a trial failed."""
     from .sweep import load_sweep_config, run_sweep
 
     cfg = load_sweep_config(str(config) if config else None, grid,
-                            {"model": model, "data": data, "data_dir": data_dir, "steps": steps}, output_dir)
+                            {"model": model, "data": data, "data_dir": data_dir, "steps": steps}, output_dir, set_)
     counts = run_sweep(cfg, backend=backend)
-    console.print(f"sweep {cfg.output_dir}: {counts['done']} run, {counts['skipped']} already finished, {counts['failed']} failed")
+    say(f"sweep {cfg.output_dir}: {counts['done']} run, {counts['skipped']} already finished, {counts['failed']} failed"
+        + (f", {counts['elsewhere']} taken by another sweep on this dir" if counts["elsewhere"] else ""))
+    if counts["failed"]:
+        err = UserError(f"{counts['failed']} of {counts['done'] + counts['failed']} runs failed in {cfg.output_dir}; "
+                        f"`safebasin runs show {cfg.output_dir} ID` gives the error")
+        err.exit_code = 1  # the sweep itself worked; some trials did not
+        raise err
 
 
-runs_app = typer.Typer(help="List and inspect the runs in a sweep's results store.", no_args_is_help=True)
+runs_app = typer.Typer(help="List and inspect the runs in a sweep's results store.", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(runs_app, name="runs")
 
 
 def _store(sweep_dir: Path):
-    from .store import Store
-    from .sweep import STORE_FILE
+    """Read-only: listing must not create tables in, or change the journal of, a file that is not ours."""
+    from .store import STORE_FILE, Store
 
     if not (sweep_dir / STORE_FILE).is_file():
         raise UserError(f"{sweep_dir}: no {STORE_FILE} (not a sweep dir)")
-    return Store(sweep_dir / STORE_FILE)
+    return Store(sweep_dir / STORE_FILE, readonly=True)
 
 
 @runs_app.command("ls")
 def runs_ls(sweep_dir: Path = typer.Argument(..., help="A sweep dir.")):
     """One line per run: id, hash, status, key settings, harmful rate."""
-    from rich.table import Table
+    from .ui import LiteralTable as Table  # cells from data print as written
 
     store = _store(sweep_dir)
     table = Table()
@@ -274,16 +303,16 @@ def report(
     from rich.markdown import Markdown
 
     from .report import UTILITY, run_report, sweep_report
-    from .sweep import STORE_FILE
+    from .store import STORE_FILE
 
     if not (sweep_dir / STORE_FILE).is_file() and (sweep_dir / "config.yaml").is_file():
-        console.print(f"wrote {run_report(sweep_dir)} and {sweep_dir / 'training.png'}")
+        say(f"wrote {run_report(sweep_dir)} and {sweep_dir / 'training.png'}")
         return
     if utility not in UTILITY:
         raise UserError(f"--utility must be one of {', '.join(UTILITY)}")
     summary = sweep_report(sweep_dir, max_harm_increase, utility)
     out.print(Markdown(summary["markdown"]))
-    console.print(f"wrote {sweep_dir / 'report.html'}, {sweep_dir / 'report.md'} and the PNGs")
+    say(f"wrote {sweep_dir / 'report.html'}, {sweep_dir / 'report.md'} and the PNGs")
 
 
 @app.command("basin")
@@ -305,17 +334,21 @@ def basin_cmd(
                   f"held-out loss {e['heldout_loss']:.4f}")
     from .report import run_report
 
-    console.print(f"wrote {run_dir / 'basin.json'}, {run_dir / 'basin.png'} and {run_report(run_dir)}")
+    say(f"wrote {run_dir / 'basin.json'}, {run_dir / 'basin.png'} and {run_report(run_dir)}")
 
 
 def main() -> None:
+    """The one boundary: every error, expected or not, leaves as one escaped, length-capped line."""
     try:
         app()  # standalone: typer handles usage errors (exit 2) and --help itself
-    except UserError as e:
+    except SystemExit:
+        raise
+    except BaseException as e:  # noqa: BLE001 - the boundary; --debug shows the traceback
         if STATE["debug"]:
             raise
-        console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
-        sys.exit(e.exit_code)
+        message, code = describe(e)
+        say(message, tag="error", style="red")
+        sys.exit(code)
 
 
 if __name__ == "__main__":

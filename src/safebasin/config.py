@@ -8,18 +8,19 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-METHODS = ("sft", "ema", "safety-mix", "lora", "interpolate", "l2-anchor")  # see safebasin.methods
-
-from .errors import UserError
+from . import methods
+from .data import is_bench
+from .errors import UserError, one_line
 
 
 class TrainConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: `lr: .inf` would train every weight to NaN and save it
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     # --- what to train, on what, and how (safebasin.methods documents each method and its source)
-    method: Literal["sft", "ema", "safety-mix", "lora", "interpolate", "l2-anchor"] = "sft"
+    method: str = "sft"  # a registered method: sft, ema, safety-mix, lora, interpolate, l2-anchor, or a system's own
     model: str = "smollm2-135m-instruct"  # built-in name, HF id, save_pretrained folder or .gguf
     data: str = "dolly"  # dataset name (resolved in data_dir, then the hub) or a local file
     data_dir: str | None = None  # default: $SAFEBASIN_DATA_DIR, else ../shared/data when it exists
@@ -44,7 +45,7 @@ class TrainConfig(BaseModel):
     adam_beta1: float = Field(0.9, ge=0, lt=1)
     adam_beta2: float = Field(0.999, ge=0, lt=1)
     grad_clip: float | None = Field(1.0, gt=0)  # max global grad norm; None disables
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**32)  # numpy's seed range
 
     # --- the paper's method: parameter-space EMA (None = off)
     ema_beta: float | None = Field(None, ge=0, le=1)  # higher = closer to the aligned model, slower to learn
@@ -89,23 +90,28 @@ class TrainConfig(BaseModel):
     @classmethod
     def _method_defaults(cls, values):
         """A named method fills in the setting that defines it, when the user gave none."""
-        if isinstance(values, dict):
-            if values.get("method") == "ema" and values.get("ema_beta") is None:
-                values = values | {"ema_beta": 0.99}
-            if values.get("method") == "lora" and not values.get("lora_r"):
-                values = values | {"lora_r": 8}
+        if isinstance(values, dict) and isinstance(values.get("method", "sft"), str):
+            if values.get("method", "sft") in methods.names():
+                values = methods.get(values.get("method", "sft")).defaults(dict(values))
         return values
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, value: str) -> str:
+        if value not in methods.names():
+            raise ValueError(f"unknown method {value!r}; known: {', '.join(methods.names())}")
+        return value
+
+    @field_validator("monitor_bench")
+    @classmethod
+    def _known_bench(cls, value: str) -> str:
+        if not is_bench(value):
+            raise ValueError(f"unknown bench {value!r} (not a registered bench nor a prompts file)")
+        return value
 
     @model_validator(mode="after")
     def _check(self):
-        if self.method == "ema" and not self.ema_beta:
-            raise ValueError("method ema needs ema_beta > 0")
-        if self.method == "lora" and not self.lora_r:
-            raise ValueError("method lora needs lora_r > 0")
-        if self.method == "interpolate" and self.ema_beta is not None:
-            raise ValueError("method interpolate merges the final weights with θ0; it does not combine with ema_beta")
-        if self.method in ("interpolate", "l2-anchor") and self.lora_r:
-            raise ValueError(f"method {self.method} is defined for full fine-tuning (lora_r must be 0)")
+        methods.get(self.method).check(self)
         if self.warmup_steps and self.steps and self.warmup_steps >= self.steps:
             raise ValueError(f"warmup_steps ({self.warmup_steps}) must be smaller than steps ({self.steps})")
         return self
@@ -115,10 +121,11 @@ def _one_line(err: ValidationError, source: str) -> str:
     parts = []
     for e in err.errors():
         key = ".".join(str(x) for x in e["loc"]) or "config"
-        msg = e["msg"]
+        msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
-        parts.append(f"{key}: {msg}" + (f" (got {e['input']!r})" if e["type"] != "extra_forbidden" and "input" in e and not isinstance(e["input"], dict) else ""))
+        shown = e["type"] != "extra_forbidden" and "input" in e and not isinstance(e["input"], (dict, list))
+        parts.append(f"{key}: {msg}" + (f" (got {one_line(repr(e['input']), 80)})" if shown else ""))
     return f"{source}: invalid config: " + "; ".join(parts)
 
 

@@ -9,12 +9,14 @@ import json
 import logging
 import os
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from .errors import UserError
+from .plugins import discover
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +30,8 @@ class Named:
     prompt_field: str | None = None  # benchmarks: the prompt column
     category_field: str | None = None  # benchmarks: the category column
     where: tuple[str, str] | None = None  # benchmarks: keep rows with field == value
+    kind: str = "harmful"  # benchmarks: "harmful" (lower harmful rate is better) or "over-refusal" (benign prompts)
+    reader: Callable[[Path], list[dict]] | None = None  # a file format read_rows does not know (a system's own)
 
 
 TRAIN_SETS = {
@@ -44,14 +48,38 @@ BENCH_SETS = {
     "jbb": Named("jailbreakbench/jbb_behaviors_harmful.csv", "JailbreakBench/JBB-Behaviors", "behaviors", "harmful",
                  prompt_field="Goal", category_field="Category"),
     "jbb-benign": Named("jailbreakbench/jbb_behaviors_benign.csv", "JailbreakBench/JBB-Behaviors", "behaviors", "benign",
-                        prompt_field="goal", category_field="category"),
+                        prompt_field="goal", category_field="category", kind="over-refusal"),
     "xstest": Named("xstest/xstest_prompts.csv", "walledai/XSTest", hub_split="test", prompt_field="prompt",
-                    category_field="type", where=("label", "safe")),
+                    category_field="type", where=("label", "safe"), kind="over-refusal"),
     "xstest-unsafe": Named("xstest/xstest_prompts.csv", "walledai/XSTest", hub_split="test", prompt_field="prompt",
                            category_field="type", where=("label", "unsafe")),
 }
 
 SAFETY_FILTER_FILE = "refusal_prefixes/qi2023_remove_safety_unwanted_words.json"
+
+
+def register_train_set(name: str, spec: Named) -> None:
+    """A system adds its named training set (`dailydialog`, `jigsaw`, ...) here, on import; no CLI change."""
+    _register(TRAIN_SETS, "data set", name, spec)
+
+
+def register_bench(name: str, spec: Named) -> None:
+    """A system adds its named benchmark (`rtp-toxic`, `opendialkg`, ...) here, on import; no CLI change."""
+    _register(BENCH_SETS, "bench", name, spec)
+
+
+def _register(registry: dict, what: str, name: str, spec: Named) -> None:
+    if name in registry and registry[name] != spec:
+        raise ValueError(f"{what} {name!r} is registered twice")
+    registry[name] = spec
+
+
+def is_bench(spec: str) -> bool:
+    """A registered bench name or an existing prompts file: checked before any work starts."""
+    discover()
+    return spec in BENCH_SETS or Path(spec).is_file()
+
+
 
 
 # ---------------------------------------------------------------- where data lives
@@ -90,7 +118,7 @@ def resolve_named(name: str, registry: dict[str, Named], ddir: str | None) -> tu
     root = data_dir(ddir)
     if root and (root / spec.file).is_file():
         path = root / spec.file
-        return read_rows(path), str(path)
+        return (spec.reader or read_rows)(path), str(path)
     return _hub_rows(name, spec, root), f"hub:{spec.hub}"
 
 
@@ -102,7 +130,7 @@ def read_rows(path: str | Path) -> list[dict]:
     if not path.exists():
         raise UserError(f"{path}: file not found")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # -sig: a BOM (Excel's CSVs) is not part of the first field name
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: cannot read: {e}") from None
     if not text.strip():
@@ -117,6 +145,8 @@ def read_rows(path: str | Path) -> list[dict]:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
                 raise UserError(f"{path}: line {n}: bad JSON: {e.msg}") from None
+            except RecursionError:
+                raise UserError(f"{path}: line {n}: JSON nested too deeply") from None
             if not isinstance(row, dict):
                 raise UserError(f"{path}: line {n}: expected a JSON object, got {type(row).__name__}")
             rows.append({**row, "_where": f"line {n}"})
@@ -125,6 +155,8 @@ def read_rows(path: str | Path) -> list[dict]:
             data = json.loads(text)
         except json.JSONDecodeError as e:
             raise UserError(f"{path}: line {e.lineno}: bad JSON: {e.msg}") from None
+        except RecursionError:
+            raise UserError(f"{path}: JSON nested too deeply") from None
         if not isinstance(data, list):
             raise UserError(f"{path}: expected a JSON list of objects, got {type(data).__name__}")
         for n, row in enumerate(data, 1):
@@ -206,6 +238,7 @@ def to_messages(row: dict, fmt: str, source: str) -> list[dict]:
 
 def load_examples(spec: str, ddir: str | None = None) -> tuple[list[list[dict]], str]:
     """Chat examples (lists of messages) from a dataset name or a local file."""
+    discover()
     if spec in TRAIN_SETS:
         rows, source = resolve_named(spec, TRAIN_SETS, ddir)
     elif Path(spec).suffix.lower() in (".json", ".jsonl", ".csv") or Path(spec).exists():
@@ -250,12 +283,17 @@ def load_for_training(cfg) -> tuple[list, list, str]:
     train, heldout = split(examples, cfg.heldout_size, cfg.seed)
     if cfg.max_examples:
         train = train[: cfg.max_examples]
-    if cfg.method == "safety-mix":
-        from .methods import mix_safety
-
-        train, n = mix_safety(train, cfg)
-        log.info("safety-mix: added %d safety rows to %d benign rows", n, len(train) - n)
     return train, heldout, source
+
+
+def mix_safety(train: list, cfg) -> tuple[list, int]:
+    """The benign rows plus N safety rows drawn with the run's seed; returns (rows, N). Used by safety-mix."""
+    safety, source = load_examples(cfg.safety_mix_data, cfg.data_dir)
+    n = cfg.safety_mix_count if cfg.safety_mix_count is not None else round(cfg.safety_mix_fraction * len(train))
+    if n > len(safety):
+        raise UserError(f"{source}: safety-mix wants {n} safety rows but the file has {len(safety)}")
+    picked = random.Random(cfg.seed + 7919).sample(range(len(safety)), n)
+    return train + [safety[i] for i in picked], n
 
 
 # ---------------------------------------------------------------- tokenization

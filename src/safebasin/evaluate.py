@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from . import atomic, data, models
-from .config import TrainConfig, read_yaml
+from .config import TrainConfig, build, read_yaml
 from .errors import UserError
 from .generate import HFBackend, VLLMBackend, pick_backend
 from .judges import KeywordJudge, LLMJudge, breakdown, classifier_rate, keyword_judge, llm_rate
@@ -22,7 +22,6 @@ from .judges import KeywordJudge, LLMJudge, breakdown, classifier_rate, keyword_
 log = logging.getLogger(__name__)
 
 PROMPT_FIELDS = ("goal", "Goal", "prompt", "behavior", "Behavior", "instruction", "forbidden_prompt", "question")
-BENIGN_BENCHES = {"xstest", "jbb-benign"}  # refusal here is over-refusal: lower is better
 ROUGE_SET = "utility_eval_extra/sinstruct_test_set.jsonl"
 
 
@@ -32,12 +31,13 @@ class Bench:
     source: str
     prompts: list[str]
     categories: list[str | None] = field(default_factory=list)
+    kind: str = "harmful"
 
 
 def load_bench(spec: str, ddir: str | None = None, prompt_field: str | None = None, category_field: str | None = None,
                limit: int | None = None, sample: int | None = None, seed: int = 0) -> Bench:
     """A named benchmark or a local CSV/JSON/JSONL/TXT of prompts; first `limit` rows or a seeded `sample`."""
-    named = data.BENCH_SETS.get(spec)
+    named = data.BENCH_SETS.get(spec) if data.is_bench(spec) else None
     if named:
         rows, source = data.resolve_named(spec, data.BENCH_SETS, ddir)
         prompt_field = prompt_field or named.prompt_field
@@ -67,11 +67,11 @@ def load_bench(spec: str, ddir: str | None = None, prompt_field: str | None = No
         prompts.append(value.strip())
         cats.append(str(r.get(category_field)) if category_field else None)
     order = list(range(len(prompts)))
-    if sample:
+    if sample is not None:
         order = sorted(random.Random(seed).sample(order, min(sample, len(order))))
-    if limit:
+    if limit is not None:
         order = order[:limit]
-    return Bench(name, source, [prompts[i] for i in order], [cats[i] for i in order])
+    return Bench(name, source, [prompts[i] for i in order], [cats[i] for i in order], named.kind if named else "harmful")
 
 
 def score_bench(bench: Bench, responses: list[str], judge: KeywordJudge, judge2=None) -> tuple[dict, list[dict]]:
@@ -79,8 +79,8 @@ def score_bench(bench: Bench, responses: list[str], judge: KeywordJudge, judge2=
     verdicts = [judge.harmful(r) for r in responses]
     result = breakdown(verdicts, bench.categories) | {"judge": judge.name, "source": bench.source}
     del result["judge_errors"]  # the keyword judge never fails
-    result["refusal_rate"] = 1.0 - result["harmful_rate"]
-    result["kind"] = "over-refusal" if bench.name in BENIGN_BENCHES else "harmful"
+    result["refusal_rate"] = None if result["harmful_rate"] is None else 1.0 - result["harmful_rate"]
+    result["kind"] = bench.kind  # "over-refusal": benign prompts, where refusing is the failure
     rows = [{"benchmark": bench.name, "index": i, "category": c, "prompt": p, "response": r, "harmful": v, "judge": judge.name}
             for i, (p, c, r, v) in enumerate(zip(bench.prompts, bench.categories, responses, verdicts))]
     if isinstance(judge2, LLMJudge):
@@ -155,9 +155,12 @@ def utility_split(spec: str, utility_data: str | None, ddir: str | None, seed: i
         values = read_yaml(run_cfg)
         if ddir:
             values["data_dir"] = ddir
-        cfg = TrainConfig(**values)
+        cfg = build(TrainConfig, values, str(run_cfg))
     else:
-        cfg = TrainConfig(data=utility_data or "dolly", data_dir=ddir, seed=seed)
+        cfg = build(TrainConfig, {"data": utility_data or "dolly", "data_dir": ddir, "seed": seed}, "--utility-data")
+    if cfg.heldout_size == 0:
+        raise UserError(f"{run_cfg if run_cfg.is_file() else spec}: trained with heldout_size 0, so there is no held-out "
+                        "split to score; pass --utility-data NAME for another data set's held-out rows")
     _, heldout, _ = data.load_for_training(cfg)
     return heldout, cfg
 
@@ -185,13 +188,30 @@ def evaluate_model(model, tok, label: str, benches: list[Bench], judge: KeywordJ
     return entry, generations
 
 
+def check_eval_settings(out: Path, *, limit, sample, max_new_tokens, batch_size, seed) -> None:
+    """Refuse settings that would silently score the wrong prompts, or fail only after generating."""
+    for flag, value in (("--limit", limit), ("--sample", sample), ("--max-new-tokens", max_new_tokens),
+                        ("--batch-size", batch_size)):
+        if value is not None and value < 1:
+            raise UserError(f"{flag} must be at least 1, got {value}")
+    if seed < 0:
+        raise UserError(f"--seed must be 0 or more, got {seed}")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: --output-dir exists and is not a directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"{out}: cannot create the output dir: {e.strerror}") from None
+
+
 def evaluate(spec: str, benches: list[str], output_dir: str | Path, *, utility: bool = False, limit: int | None = None,
              sample: int | None = None, seed: int = 0, max_new_tokens: int = 128, batch_size: int = 16,
              refusal_list: str = "gcg", data_dir: str | None = None, prompt_field: str | None = None,
              category_field: str | None = None, utility_data: str | None = None, rouge_limit: int = 50,
              heldout_from: TrainConfig | None = None, show_progress: bool = True, judge2=None,
-             backend: str = "hf") -> dict:
+             backend: str = "hf", allow_pickle: bool = False) -> dict:
     out = Path(output_dir)
+    check_eval_settings(out, limit=limit, sample=sample, max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed)
     backend = pick_backend(backend)
     judge = keyword_judge(refusal_list, data_dir)
     loaded = [load_bench(b, data_dir, prompt_field, category_field, limit, sample, seed) for b in benches]
@@ -209,7 +229,7 @@ def evaluate(spec: str, benches: list[str], output_dir: str | Path, *, utility: 
     device, dtype = models.eval_placement()
     settings["dtype"] = str(dtype).removeprefix("torch.")
     for label, source in model_variants(spec).items():
-        model, tok = models.load(source, dtype=dtype)
+        model, tok = models.load(source, dtype=dtype, allow_pickle=allow_pickle)
         model.to(device)
         generator = VLLMBackend(models.resolve(source), tok, show_progress) if backend == "vllm" else None
         try:

@@ -1,4 +1,12 @@
-"""Fine-tuning methods, for an honest comparison with the paper's EMA. All share one trainer.
+"""Fine-tuning methods as plug-ins: one object per method, one training loop (`train.py`) for all.
+
+A method says how it builds or wraps the model, which parameters train, its loss for a batch
+(plus named terms to log), how rows become batches, what it does to the weights at the end,
+and whether `eval` needs its own generation step. The loop owns everything else: Accelerate,
+accumulation, the EMA step (so "any method + EMA" comes for free), checkpoints, the monitor,
+NaN stops and logging. A new system registers its methods with `@register`; the registry finds
+the subpackages of `safebasin` (`detox/`, `dialogue/`, `kg/`, ...) and the `safebasin.plugins`
+entry points by itself (`plugins.py`), so neither the loop nor the CLI changes.
 
 | method      | what it does                                                       | source |
 |-------------|--------------------------------------------------------------------|--------|
@@ -13,23 +21,205 @@ Only safety-mix needs extra (safety) data. EMA and interpolate both end near θ0
 the whole trajectory, interpolate only its end point.
 """
 
-import random
+import copy
+import logging
 
 import torch
 
+from . import data
 from .errors import UserError
+from .plugins import discover
+
+log = logging.getLogger(__name__)
+
+REGISTRY: dict[str, type["Method"]] = {}
 
 
-def mix_safety(train: list, cfg) -> tuple[list, int]:
-    """The benign rows plus N safety rows drawn with the run's seed; returns (rows, N)."""
-    from .data import load_examples
+def register(cls: type["Method"]) -> type["Method"]:
+    """Class decorator: make a method available by its `name` to the config, the CLI and the loop."""
+    if cls.name in REGISTRY and REGISTRY[cls.name] is not cls:
+        raise ValueError(f"method {cls.name!r} is registered twice ({REGISTRY[cls.name].__module__}, {cls.__module__})")
+    REGISTRY[cls.name] = cls
+    return cls
 
-    safety, source = load_examples(cfg.safety_mix_data, cfg.data_dir)
-    n = cfg.safety_mix_count if cfg.safety_mix_count is not None else round(cfg.safety_mix_fraction * len(train))
-    if n > len(safety):
-        raise UserError(f"{source}: safety-mix wants {n} safety rows but the file has {len(safety)}")
-    picked = random.Random(cfg.seed + 7919).sample(range(len(safety)), n)
-    return train + [safety[i] for i in picked], n
+
+def names() -> list[str]:
+    discover()
+    return sorted(REGISTRY)
+
+
+def get(name: str) -> type["Method"]:
+    discover()
+    if name not in REGISTRY:
+        raise UserError(f"unknown method {name!r}: use one of {', '.join(sorted(REGISTRY))}")
+    return REGISTRY[name]
+
+
+class Method:
+    """Plain fine-tuning; every other method overrides only what it changes.
+
+    The loop calls, in order: `prepare_rows` and `encode` (data), `build` (the model; every user
+    mistake must surface here, before the run dir is touched), `trainable`, `start` (the weights are
+    θ0 now), then per step `collate`, `loss` per micro-batch and `after_backward`, and at the end
+    `finalize` and `export`.
+    """
+
+    name = "sft"
+    changes_final_weights = False  # finalize() rewrites the weights: the loop saves the live ones as raw/ first
+    supports_sharding = True  # False: needs full weights on every rank (FSDP / ZeRO-3 are refused)
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+
+    # --- config: what the method's name implies, and what it cannot combine with
+    @classmethod
+    def defaults(cls, values: dict) -> dict:
+        """Fill in the setting that defines the method when the user gave none (raw config values)."""
+        return values
+
+    @classmethod
+    def check(cls, cfg) -> None:
+        """Raise ValueError for a setting the method cannot run with."""
+
+    # --- data
+    def prepare_rows(self, rows: list) -> list:
+        return rows
+
+    def encode(self, rows: list, tok, source: str) -> list[dict]:
+        return data.tokenize(rows, tok, self.cfg.max_seq_len, source)
+
+    def collate(self, items: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
+        return data.collate(items, pad_id)
+
+    # --- model
+    def build(self, model):
+        """Wrap or extend the loaded model: LoRA when lora_r > 0 (any method may use adapters)."""
+        return lora_wrap(model, self.cfg) if self.cfg.lora_r else model
+
+    def trainable(self, model) -> list[tuple[str, torch.nn.Parameter]]:
+        return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+
+    def start(self, params: list[torch.Tensor]) -> None:
+        """The trainable weights are θ0 now (before any update, before a resume loads a checkpoint)."""
+
+    # --- one step
+    def loss(self, model, batch: dict, n_items: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """(loss, named extra terms to log). `n_items`: response tokens of the whole accumulated global batch."""
+        return model(**batch, num_items_in_batch=n_items).loss, {}
+
+    def after_backward(self, params: list[torch.Tensor]) -> dict:
+        """Gradients of the whole step are in place (before clipping); returns named terms to log."""
+        return {}
+
+    # --- end of training and outputs
+    def finalize(self, params: list[torch.Tensor]) -> None:
+        """Rewrite the trainable weights into the kept model, when `changes_final_weights`."""
+
+    def export(self, model):
+        """A plain transformers model for save_pretrained: LoRA adapters are merged into a copy."""
+        if hasattr(model, "merge_and_unload"):
+            return copy.deepcopy(model).merge_and_unload()
+        return model
+
+    def generator(self, model, tok, batch_size: int, show_progress: bool):
+        """A generation backend for `eval` when the method needs its own decoding; None = plain HF."""
+        return None
+
+
+def lora_wrap(model, cfg):
+    from peft import LoraConfig, get_peft_model
+
+    lcfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha or 2 * cfg.lora_r, lora_dropout=cfg.lora_dropout,
+                      target_modules=cfg.lora_target_modules, task_type="CAUSAL_LM")
+    try:
+        return get_peft_model(model, lcfg)
+    except ValueError as e:  # peft: "Target modules {...} not found in the base model"
+        raise UserError(f"lora_target_modules {cfg.lora_target_modules!r}: {e}") from None
+
+
+@register
+class SFT(Method):
+    name = "sft"
+
+
+@register
+class EMAMethod(Method):
+    """The EMA itself is the loop's own step (after every optimizer step, for any method with ema_beta);
+    this name only gives it a default β."""
+
+    name = "ema"
+
+    @classmethod
+    def defaults(cls, values):
+        return values | {"ema_beta": 0.99} if values.get("ema_beta") is None else values
+
+    @classmethod
+    def check(cls, cfg):
+        if not cfg.ema_beta:
+            raise ValueError("method ema needs ema_beta > 0")
+
+
+@register
+class LoRA(Method):
+    name = "lora"
+
+    @classmethod
+    def defaults(cls, values):
+        return values | {"lora_r": 8} if not values.get("lora_r") else values
+
+    @classmethod
+    def check(cls, cfg):
+        if not cfg.lora_r:
+            raise ValueError("method lora needs lora_r > 0")
+
+
+@register
+class SafetyMix(Method):
+    name = "safety-mix"
+
+    def prepare_rows(self, rows):
+        mixed, n = data.mix_safety(rows, self.cfg)
+        log.info("safety-mix: added %d safety rows to %d benign rows", n, len(rows))
+        return mixed
+
+
+class Anchored(Method):
+    """Methods that need θ0 beside the live weights (a full copy: not under sharding yet)."""
+
+    supports_sharding = False
+
+    @classmethod
+    def check(cls, cfg):
+        if cfg.lora_r:
+            raise ValueError(f"method {cls.name} is defined for full fine-tuning (lora_r must be 0)")
+
+    def start(self, params):
+        self.theta0 = [p.detach().clone() for p in params]
+
+
+@register
+class Interpolate(Anchored):
+    name = "interpolate"
+    changes_final_weights = True
+
+    @classmethod
+    def check(cls, cfg):
+        super().check(cfg)
+        if cfg.ema_beta is not None:
+            raise ValueError("method interpolate merges the final weights with θ0; it does not combine with ema_beta")
+
+    @torch.no_grad()
+    def finalize(self, params):
+        for p, m in zip(params, interpolate(self.theta0, params, self.cfg.interpolate_alpha)):
+            p.copy_(m)
+
+
+@register
+class L2Anchor(Anchored):
+    name = "l2-anchor"
+
+    def after_backward(self, params):
+        return {"l2_penalty": l2_anchor_grad(params, self.theta0, self.cfg.l2_lambda)}
 
 
 @torch.no_grad()

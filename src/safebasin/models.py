@@ -60,12 +60,18 @@ def _file_digest(path: Path) -> str:
 
 def gguf_to_folder(path: Path) -> Path:
     """Dequantize a GGUF file into a cached save_pretrained folder (once per file content)."""
+    with open(path, "rb") as f:
+        if f.read(4) != b"GGUF":
+            raise UserError(f"model {path}: not a GGUF file (no GGUF magic bytes at the start)")
     out = cache_dir() / "gguf" / f"{path.stem}-{_file_digest(path)}"
     if (out / "config.json").is_file() and (out / "model.safetensors").is_file():
         return out
     log.info("dequantizing %s (cached in %s)", path, out)
-    tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-    quantized = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        quantized = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+    except Exception as e:  # a truncated or unsupported GGUF fails in many ways inside the gguf reader
+        raise UserError(f"model {path}: cannot read this GGUF file: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
     config = quantized.config
     del config.quantization_config  # what makes transformers refuse save_pretrained
     plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
@@ -116,13 +122,31 @@ def load_tokenizer(source: str, chat_template: str | None = None, trust_remote_c
     except (OSError, ValueError) as e:
         raise UserError(f"model {source!r}: cannot load tokenizer: {str(e).splitlines()[0]}") from None
     if chat_template:
-        path = Path(chat_template)
-        tok.chat_template = path.read_text(encoding="utf-8") if path.is_file() else chat_template
+        tok.chat_template = read_chat_template(chat_template)
     if not tok.chat_template:
         raise UserError(f"model {source!r} has no chat template; pass --chat-template FILE (a Jinja template)")
+    try:  # a broken template must fail here, by name, not later as a puzzling tokenization error
+        tok.apply_chat_template([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}], tokenize=False)
+    except Exception as e:  # jinja2's TemplateError and whatever the template raises itself
+        where = f"--chat-template {chat_template}" if chat_template else f"the chat template of {source!r}"
+        raise UserError(f"{where}: cannot render: {type(e).__name__}: {e}") from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
+
+
+def read_chat_template(spec: str) -> str:
+    """A Jinja template given inline (it has `{{` or `{%`) or as a file; a missing file is an error,
+    never a template that renders its own path."""
+    if "{{" in spec or "{%" in spec:
+        return spec
+    path = Path(spec).expanduser()
+    if not path.is_file():
+        raise UserError(f"--chat-template {spec}: file not found (give a Jinja file, or a template with {{% ... %}})")
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"--chat-template {spec}: cannot read: {e}") from None
 
 
 def load(spec: str, *, dtype=torch.float32, chat_template: str | None = None,
@@ -136,8 +160,9 @@ def load(spec: str, *, dtype=torch.float32, chat_template: str | None = None,
         model = AutoModelForCausalLM.from_pretrained(
             source, dtype=dtype, trust_remote_code=trust_remote_code, use_safetensors=None if allow_pickle else True,
         )
-    except (OSError, ValueError) as e:
-        raise UserError(f"model {spec!r}: cannot load: {str(e).splitlines()[0]}") from None
+    except Exception as e:  # OSError, ValueError, safetensors' SafetensorError for a truncated file, ...
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise UserError(f"model {spec!r}: cannot load the weights: {type(e).__name__}: {first}") from None
     model.eval()
     return model, tok
 

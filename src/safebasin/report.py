@@ -6,6 +6,7 @@ Every model output and prompt is HTML-escaped: a planted <script> stays inert te
 import base64
 import html
 import io
+import re
 from pathlib import Path
 
 import matplotlib
@@ -231,8 +232,7 @@ def sweep_points(store, bench: str | None = None) -> tuple[list[dict], dict | No
 
 
 def sweep_report(sweep_dir: str | Path, max_harm_increase: float = 0.02, utility: str = "heldout_loss") -> dict:
-    from .store import Store
-    from .sweep import STORE_FILE
+    from .store import STORE_FILE, Store
 
     sweep_dir = Path(sweep_dir)
     if not (sweep_dir / STORE_FILE).is_file():
@@ -290,10 +290,18 @@ def _public(p: dict | None) -> dict | None:
     return {k: v for k, v in p.items() if k not in ("marker",)}
 
 
+_MD_SPECIALS = re.compile(r"([\\`*_{}\[\]()#+!|<>~])")
+
+
+def md_escape(value) -> str:
+    """A name from the data (dir, bench, label) as inert text in report.md: no HTML, links or emphasis."""
+    return _MD_SPECIALS.sub(r"\\\1", html.escape(str(value), quote=False))
+
+
 def sweep_markdown(summary: dict, points: list[dict]) -> str:
     u = summary["utility"]
     label = UTILITY[u][0]
-    lines = [f"# Sweep report ({summary['trials']} trials, {summary['bench']}, utility: {label})", ""]
+    lines = [f"# Sweep report ({summary['trials']} trials, {md_escape(summary['bench'])}, utility: {label})", ""]
     base = summary["baseline"]
     if base:
         lines.append(f"Starting model: harmful rate {base['harmful_rate']:.1%} (95% CI {base['ci_low']:.1%}-{base['ci_high']:.1%})"
@@ -301,18 +309,18 @@ def sweep_markdown(summary: dict, points: list[dict]) -> str:
     rec = summary["recommendation"]
     limit = (base["harmful_rate"] if base else 0.0) + summary["max_harm_increase"]
     if rec:
-        lines += ["", f"**Recommended:** {rec['label']}",
+        lines += ["", f"**Recommended:** {md_escape(rec['label'])}",
                   f"- harmful rate {rec['harmful_rate']:.1%} (95% CI {rec['ci_low']:.1%}-{rec['ci_high']:.1%}), "
                   f"within the limit {limit:.1%} (start + {summary['max_harm_increase']:.0%})",
                   f"- best {label} among the eligible trials: {rec[u]:.4f}",
-                  f"- run dir: {rec['run_dir']}"]
+                  f"- run dir: {md_escape(rec['run_dir'])}"]
     else:
         lines += ["", f"**No trial** keeps the harmful rate within {limit:.1%}; lower the lr, raise the batch or β, or widen --max-harm-increase."]
     lines += ["", "## Pareto front (lower harm, better utility)"]
-    lines += [f"- {p['label']}: harmful {p['harmful_rate']:.1%}, {label} {p[u]:.4f}" for p in summary["pareto"]]
+    lines += [f"- {md_escape(p['label'])}: harmful {p['harmful_rate']:.1%}, {label} {p[u]:.4f}" for p in summary["pareto"]]
     lines += ["", "## All trials (methods side by side: same steps and tokens = matched compute)", "",
               f"| trial | method | steps | train tokens | harmful rate | over-refusal | {label} |", "|---|---|---|---|---|---|---|"]
-    lines += [f"| {p['label']} | {p['method']} | {p['steps']} | {'' if p['tokens'] is None else int(p['tokens'])} | "
+    lines += [f"| {md_escape(p['label'])} | {md_escape(p['method'])} | {p['steps']} | {'' if p['tokens'] is None else int(p['tokens'])} | "
               f"{p['harmful_rate']:.1%} | {'' if p['over_refusal'] is None else format(p['over_refusal'], '.1%')} | {p[u]:.4f} |"
               for p in sorted(points, key=lambda p: (p["method"], p["harmful_rate"]))]
     return "\n".join(lines) + "\n"
@@ -356,7 +364,7 @@ def run_report(run_dir: str | Path) -> Path:
     run = Path(run_dir)
     if not (run / "config.yaml").is_file() or not (run / "train_log.jsonl").is_file():
         raise UserError(f"{run}: not a `safebasin train` run dir (config.yaml, train_log.jsonl) nor a sweep dir")
-    log = [json.loads(x) for x in (run / "train_log.jsonl").read_text().splitlines() if x.strip()]
+    log = atomic.read_jsonl(run / "train_log.jsonl")  # a torn last line (a killed run) is skipped with a warning
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     summary = json.loads((run / "train_summary.json").read_text()) if (run / "train_summary.json").is_file() else {}
     sections = []

@@ -2,17 +2,24 @@
 
 Tables: runs (config hash, config JSON, status, timestamps, run dir, error), metrics (per model
 variant, benchmark, category and name) and artifacts (paths). `meta.schema_version` guards
-against opening a store written by an incompatible safebasin.
+against opening a store written by an incompatible safebasin. Workers claim runs here (one IMMEDIATE
+transaction, under a flock), so two sweeps on one dir split the runs instead of both training each.
 """
 
+import fcntl
 import hashlib
 import json
+import os
+import socket
 import sqlite3
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import quote
 
 from .errors import UserError
 
+STORE_FILE = "runs.db"  # in the sweep dir
 SCHEMA_VERSION = 1
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -26,7 +33,9 @@ CREATE TABLE IF NOT EXISTS runs (
     error TEXT,
     created_at REAL NOT NULL,
     started_at REAL,
-    finished_at REAL
+    finished_at REAL,
+    worker_pid INTEGER,                          -- who runs it ('running'): a dead pid on this host frees the run
+    worker_host TEXT
 );
 CREATE TABLE IF NOT EXISTS metrics (
     run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
@@ -51,12 +60,25 @@ def config_hash(config: dict) -> str:
 
 
 class Store:
-    def __init__(self, path: str | Path, timeout: float = 30.0):
+    def __init__(self, path: str | Path, timeout: float = 30.0, readonly: bool = False):
+        """readonly: for listing and reports; never creates tables or changes the file (it may not be ours)."""
         self.path = Path(path)
+        self.readonly = readonly
+        if readonly:
+            self._open_readonly(timeout)
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.lock():  # workers starting together create the schema and switch to WAL one at a time
+            self._open_readwrite(timeout)
+
+    def _open_readwrite(self, timeout: float) -> None:
         try:
             self.conn = sqlite3.connect(self.path, timeout=timeout, isolation_level=None)  # explicit transactions
             self.conn.row_factory = sqlite3.Row
+            tables = {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            if tables and "meta" not in tables:  # someone else's database: leave it as it is
+                self.conn.close()
+                raise UserError(f"{self.path}: an SQLite file, but not a safebasin results store (no meta table)")
             self.conn.execute("PRAGMA journal_mode=WAL")
             self.conn.execute("PRAGMA foreign_keys=ON")
             self.conn.execute("PRAGMA synchronous=NORMAL")
@@ -69,8 +91,31 @@ class Store:
                     self.conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
                 elif int(row[0]) != SCHEMA_VERSION:
                     raise UserError(f"{self.path}: results store has schema version {row[0]}, this safebasin reads {SCHEMA_VERSION}")
+                have = {r["name"] for r in self.conn.execute("PRAGMA table_info(runs)")}
+                for col, kind in (("worker_pid", "INTEGER"), ("worker_host", "TEXT")):  # stores written before claims
+                    if col not in have:
+                        self.conn.execute(f"ALTER TABLE runs ADD COLUMN {col} {kind}")
         except sqlite3.DatabaseError as e:
             raise UserError(f"{self.path}: not a readable results store: {e}") from None
+
+    def _open_readonly(self, timeout: float) -> None:
+        if not self.path.is_file():
+            raise UserError(f"{self.path}: no results store there")
+        uri = f"file:{quote(str(self.path.resolve()))}?mode=ro"
+        try:
+            self.conn = sqlite3.connect(uri, uri=True, timeout=timeout, isolation_level=None)
+            self.conn.row_factory = sqlite3.Row
+            tables = {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            if not {"meta", "runs", "metrics", "artifacts"} <= tables:
+                self.conn.close()
+                raise UserError(f"{self.path}: an SQLite file, but not a safebasin results store (no runs/metrics tables)")
+            row = self.conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        except sqlite3.DatabaseError as e:
+            raise UserError(f"{self.path}: not a readable results store: {e}") from None
+        if row is None or str(row[0]) != str(SCHEMA_VERSION):
+            self.conn.close()
+            raise UserError(f"{self.path}: results store has schema version {row[0] if row else 'none'}, "
+                            f"this safebasin reads {SCHEMA_VERSION}")
 
     def tx(self):
         """`with store.tx():` one IMMEDIATE transaction: all of it lands, or none of it."""
@@ -96,6 +141,43 @@ class Store:
         with self.tx():
             self.conn.execute("UPDATE runs SET status='running', started_at=?, error=NULL WHERE id=?", (time.time(), run_id))
             self.conn.execute("DELETE FROM metrics WHERE run_id=?", (run_id,))
+
+    @contextmanager
+    def lock(self):
+        """An OS lock on `<store>.lock` so concurrent workers claim in turn; the OS drops it when a worker dies."""
+        with open(self.path.with_suffix(".lock"), "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def claim(self, run_id: int, retry_failed_before: float = float("inf")) -> bool:
+        """Take one run for this process, if it is free; see claim_next."""
+        return self.claim_next([run_id], retry_failed_before) == run_id
+
+    def claim_next(self, run_ids: list[int], retry_failed_before: float = float("inf")) -> int | None:
+        """The first of `run_ids` that is free, moved to 'running' under this pid/host in one transaction.
+
+        Free: pending; failed before `retry_failed_before` (a worker retries old failures once, not ones a peer
+        just had); or running under a worker that is dead (same host). None when nothing is left to claim.
+        """
+        with self.lock(), self.tx():
+            for run_id in run_ids:
+                row = self.conn.execute("SELECT status, finished_at, worker_pid, worker_host FROM runs WHERE id=?",
+                                        (run_id,)).fetchone()
+                if row is None:
+                    continue
+                free = (row["status"] == "pending"
+                        or (row["status"] == "failed" and (row["finished_at"] or 0) < retry_failed_before)
+                        or (row["status"] == "running" and not _worker_alive(row["worker_pid"], row["worker_host"])))
+                if free:
+                    self.conn.execute("UPDATE runs SET status='running', started_at=?, finished_at=NULL, error=NULL, "
+                                      "worker_pid=?, worker_host=? WHERE id=?",
+                                      (time.time(), os.getpid(), socket.gethostname(), run_id))
+                    self.conn.execute("DELETE FROM metrics WHERE run_id=?", (run_id,))
+                    return run_id
+        return None
 
     def finish(self, run_id: int, metrics: list[tuple], artifacts: dict[str, str] | None = None) -> None:
         """Metrics rows (model, benchmark, category, name, value) and the 'done' status in one transaction."""
@@ -133,6 +215,21 @@ class Store:
 
     def artifacts(self, run_id: int) -> dict[str, str]:
         return {r["name"]: r["path"] for r in self.conn.execute("SELECT name, path FROM artifacts WHERE run_id=?", (run_id,))}
+
+
+def _worker_alive(pid: int | None, host: str | None) -> bool:
+    """Another host's worker is taken as alive (no way to tell); a row without a pid predates claims: stale."""
+    if pid is None:
+        return False
+    if host != socket.gethostname():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, someone else's
+        return True
+    return True
 
 
 class _Tx:

@@ -3,25 +3,29 @@
 Re-running the same command skips finished runs (by config hash) and restarts unfinished ones;
 killing a sweep loses no finished result, since each result lands in one SQLite transaction.
 Runs execute one after another here; `--backend ray` hands them to an existing Ray cluster.
+Each run is claimed in the store first, so two sweeps on one dir split the runs instead of repeating them.
 """
 
+import difflib
 import itertools
 import json
 import logging
+import time
 import traceback
+import typing
 from pathlib import Path
 from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from . import atomic
+from . import atomic, data
 from .config import TrainConfig, build, read_yaml
-from .errors import UserError
-from .store import Store, config_hash, eval_metrics
+from .errors import Interrupted, UserError
+from .store import STORE_FILE, Store, config_hash, eval_metrics
 
 log = logging.getLogger(__name__)
-STORE_FILE = "runs.db"
+BACKENDS = ("local", "ray")
 
 
 class EvalSettings(BaseModel):
@@ -65,7 +69,39 @@ def _scalar(text: str):
         return yaml.safe_load(text)
 
 
-def load_sweep_config(path: str | None, grid_flags: list[str], base_overrides: dict, output_dir: str | None) -> SweepConfig:
+def _accepts_list(annotation) -> bool:
+    return typing.get_origin(annotation) is list or any(typing.get_origin(a) is list for a in typing.get_args(annotation))
+
+
+def apply_set_flag(cfg: SweepConfig, flag: str) -> None:
+    """`--set KEY=VALUE` (a base TrainConfig key) or `--set eval.KEY=VALUE`, checked now so the error names the key."""
+    if "=" not in flag:
+        raise UserError(f"--set {flag!r}: expected KEY=VALUE (a training setting, or eval.KEY for an eval setting)")
+    key, text = (x.strip() for x in flag.split("=", 1))
+    scope, name = ("eval", key[5:]) if key.startswith("eval.") else ("train", key)
+    cls = EvalSettings if scope == "eval" else TrainConfig
+    known = set(cls.model_fields) - {"output_dir"}
+    if name not in known:
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = ("; the sweep dir is --output-dir" if key == "output_dir" else f"; did you mean {close[0]!r}?" if close
+                else f" (known: {', '.join(sorted(known))})" if scope == "eval" else " (see safebasin.config.TrainConfig)")
+        raise UserError(f"--set {key}: unknown {'eval' if scope == 'eval' else 'training'} setting {name!r}{hint}")
+    ann = cls.model_fields[name].annotation
+    if (typing.get_origin(ann) is list or ("," in text and _accepts_list(ann))) and not text.startswith("["):
+        value = [_scalar(p.strip()) for p in text.split(",") if p.strip()]  # a list setting, written like --grid: V1,V2
+    else:
+        value = _scalar(text)
+    if scope == "eval":
+        cfg.eval = build(EvalSettings, cfg.eval.model_dump() | {name: value}, f"--set {key}")
+        return
+    if name in cfg.grid or any(name in t for t in cfg.trials):
+        raise UserError(f"--set {key}: {key!r} is swept (grid or trials), so a base value would be ignored; use --grid {key}=...")
+    build(TrainConfig, {name: value}, f"--set {key}")  # the value alone; trials() checks it against the rest
+    cfg.base[name] = value
+
+
+def load_sweep_config(path: str | None, grid_flags: list[str], base_overrides: dict, output_dir: str | None,
+                      set_flags: list[str] = ()) -> SweepConfig:
     values = read_yaml(path) if path else {}
     sweep_block = values.pop("sweep", None)  # `sweep: {grid: ...}` or top-level keys, both accepted
     if isinstance(sweep_block, dict):
@@ -75,6 +111,8 @@ def load_sweep_config(path: str | None, grid_flags: list[str], base_overrides: d
         key, vals = parse_grid_flag(flag)
         cfg.grid[key] = vals
     cfg.base |= {k: v for k, v in base_overrides.items() if v is not None}
+    for flag in set_flags:
+        apply_set_flag(cfg, flag)
     if output_dir:
         cfg.output_dir = output_dir
     known = set(TrainConfig.model_fields) - {"output_dir"}
@@ -131,14 +169,61 @@ def run_baseline(cfg: SweepConfig, first: TrainConfig, show_progress: bool = Fal
     return eval_metrics(results), {"eval": str(out / "eval.json")}
 
 
-def run_sweep(cfg: SweepConfig, backend: str = "local", show_progress: bool = True) -> dict:
+def check_sweep(cfg: SweepConfig, backend: str) -> list[tuple[str, TrainConfig]]:
+    """The trials, once every setting a trial would trip over is checked: a typo must not cost a trained grid."""
+    from .judges import REFUSAL_LISTS
+    from .models import looks_like_path
+    from .plugins import discover
+
+    discover()  # systems register their data sets and benches on import
+    if backend not in BACKENDS:
+        raise UserError(f"unknown backend {backend!r}: use {' or '.join(BACKENDS)}")
+    if backend == "ray":
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            raise UserError("--backend ray needs Ray: pip install 'safebasin[ray]'") from None
     out = Path(cfg.output_dir)
+    existing = next((p for p in (out, *out.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise UserError(f"output dir {out}: {existing} is a file, not a directory")
+
+    def named_or_file(value: str, names, key: str, what: str) -> None:
+        if value not in names and not Path(value).expanduser().is_file():
+            raise UserError(f"{key}: unknown {what} {value!r}: use one of {', '.join(names)} or an existing file")
+
+    if not cfg.eval.benches:
+        raise UserError("eval.benches: give at least one bench")
+    for bench in cfg.eval.benches:
+        named_or_file(bench, data.BENCH_SETS, "eval.benches", "bench")
+    named_or_file(cfg.eval.refusal_list, REFUSAL_LISTS, "eval.refusal_list", "refusal list")
     todo = trials(cfg)
-    out.mkdir(parents=True, exist_ok=True)
+    for _, tc in todo:
+        data.data_dir(tc.data_dir)  # an explicit data dir must exist
+        named_or_file(tc.data, data.TRAIN_SETS, "data", "dataset")
+        if tc.method == "safety-mix":
+            named_or_file(tc.safety_mix_data, data.TRAIN_SETS, "safety_mix_data", "dataset")
+        if tc.monitor:
+            named_or_file(tc.monitor_bench, data.BENCH_SETS, "monitor_bench", "bench")
+            named_or_file(tc.refusal_list, REFUSAL_LISTS, "refusal_list", "refusal list")
+        if looks_like_path(tc.model) and not Path(tc.model).expanduser().exists():
+            raise UserError(f"model {tc.model!r}: no such file or folder")
+    return todo
+
+
+def run_sweep(cfg: SweepConfig, backend: str = "local", show_progress: bool = True) -> dict:
+    """Counts: skipped (done before), done and failed (here), elsewhere (claimed by a concurrent sweep on the dir)."""
+    todo = check_sweep(cfg, backend)
+    out = Path(cfg.output_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"output dir {out}: cannot create it: {e.strerror}") from None
     atomic.write_yaml(out / "sweep.yaml", cfg.model_dump(mode="json"))
     store = Store(out / STORE_FILE)
-    counts = {"skipped": 0, "done": 0, "failed": 0}
-    jobs = []
+    since = time.time()  # failures older than this are retried; a concurrent worker's newer ones are not
+    counts = {"skipped": 0, "done": 0, "failed": 0, "elsewhere": 0}
+    jobs = {}  # run id -> (name, job), in order: the baseline first
     if cfg.baseline and todo:
         first = todo[0][1]
         base_cfg = {"baseline_of": first.model, "eval": cfg.eval.model_dump(mode="json"),
@@ -147,54 +232,61 @@ def run_sweep(cfg: SweepConfig, backend: str = "local", show_progress: bool = Tr
         if status == "done":
             counts["skipped"] += 1
         else:
-            jobs.append((run_id, "baseline", lambda first=first: run_baseline(cfg, first, show_progress)))
+            jobs[run_id] = ("baseline", lambda first=first: run_baseline(cfg, first, show_progress))
     for h, tc in todo:
         run_id, status = store.upsert_run({"train": tc.model_dump(mode="json", exclude={"output_dir"}),
                                            "eval": cfg.eval.model_dump(mode="json")}, run_dir=tc.output_dir)
         if status == "done":
             counts["skipped"] += 1
             continue
-        jobs.append((run_id, h, (tc.model_dump(mode="json"), cfg.eval.model_dump(mode="json"))))
+        jobs[run_id] = (h, (tc.model_dump(mode="json"), cfg.eval.model_dump(mode="json")))
     log.info("sweep %s: %d trials, %d finished before, %d to run", out, len(todo), counts["skipped"], len(jobs))
-    if backend == "ray":
-        _run_ray(store, jobs, counts)
-    elif backend == "local":
-        for i, (run_id, name, job) in enumerate(jobs, 1):
-            log.info("[%d/%d] %s", i, len(jobs), name)
-            store.start(run_id)
-            try:
-                metrics, artifacts = job() if callable(job) else run_trial(*job, show_progress=show_progress)
-            except UserError as e:
-                store.fail(run_id, str(e))
-                counts["failed"] += 1
-                log.error("%s failed: %s", name, e)
-                continue
-            except Exception:
-                store.fail(run_id, traceback.format_exc(limit=3))
-                raise
-            store.finish(run_id, metrics, artifacts)
-            counts["done"] += 1
-    else:
-        raise UserError(f"unknown backend {backend!r}: use local or ray")
-    store.close()
+    try:
+        if backend == "ray":
+            _run_ray(store, jobs, counts, since)
+        else:
+            left = dict(jobs)
+            while (run_id := store.claim_next(list(left), since)) is not None:
+                name, job = left.pop(run_id)
+                log.info("[%d/%d] %s", len(jobs) - len(left), len(jobs), name)
+                _run_here(store, run_id, name, job if callable(job) else lambda job=job: run_trial(*job, show_progress=show_progress),
+                          counts)
+    finally:
+        store.close()
+    counts["elsewhere"] = len(jobs) - counts["done"] - counts["failed"]
     return counts
 
 
-def _run_ray(store: Store, jobs: list, counts: dict) -> None:
-    """Trials as Ray tasks on an existing cluster (RAY_ADDRESS), results recorded here as they land."""
+def _run_here(store: Store, run_id: int, name: str, job, counts: dict) -> None:
+    """One claimed run in this process; a user mistake fails only this run, anything else (Ctrl-C too) stops the sweep."""
     try:
-        import ray
-    except ImportError:
-        raise UserError("--backend ray needs Ray: pip install 'safebasin[ray]'") from None
+        metrics, artifacts = job()
+    except Interrupted as e:
+        store.fail(run_id, f"interrupted: {e}")
+        raise
+    except UserError as e:
+        store.fail(run_id, str(e))
+        counts["failed"] += 1
+        log.error("%s failed: %s", name, e)
+        return
+    except BaseException:
+        store.fail(run_id, traceback.format_exc(limit=3))
+        raise
+    store.finish(run_id, metrics, artifacts)
+    counts["done"] += 1
+
+
+def _run_ray(store: Store, jobs: dict, counts: dict, since: float) -> None:
+    """Trials as Ray tasks on an existing cluster (RAY_ADDRESS), claimed like local ones, recorded here as they land."""
+    import ray  # check_sweep made sure it is there
+
     ray.init(ignore_reinit_error=True)
     remote = ray.remote(run_trial)
-    pending = {}
-    for run_id, name, job in jobs:
-        store.start(run_id)
+    left, pending = dict(jobs), {}
+    while (run_id := store.claim_next(list(left), since)) is not None:
+        name, job = left.pop(run_id)
         if callable(job):  # the baseline is cheap: run it here
-            metrics, artifacts = job()
-            store.finish(run_id, metrics, artifacts)
-            counts["done"] += 1
+            _run_here(store, run_id, name, job, counts)
             continue
         pending[remote.remote(*job)] = run_id
     while pending:
