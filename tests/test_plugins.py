@@ -19,7 +19,7 @@ class HalfLossWithTerm(methods.Method):
 
     def loss(self, model, batch, n_items):
         full = model(**batch, num_items_in_batch=n_items).loss
-        return 0.5 * full, {"full_loss": float(full)}
+        return 0.5 * full, {"full_loss": float(full.detach())}
 
 
 def _cfg(tiny_model_dir, data_dir, out, **kw):

@@ -95,7 +95,8 @@ def eval_(
     limit: Optional[int] = typer.Option(None, help="First N prompts of each bench."),
     sample: Optional[int] = typer.Option(None, help="A seeded random sample of N prompts instead."),
     seed: int = typer.Option(0, help="Seed for --sample and the held-out split."),
-    max_new_tokens: int = typer.Option(128, help="Greedy decoding length (the paper uses 512)."),
+    max_new_tokens: Optional[int] = typer.Option(None, help="Decoding length: 128 for harmful-prompt benches (greedy; the "
+                                                  "paper uses 512), 20 for rtp-* (sampled), 64 for toxichat."),
     batch_size: int = typer.Option(16, help="Generation batch size (pinned in eval.json)."),
     backend: str = typer.Option("auto", help="Generation: hf, vllm (pip install 'safebasin[vllm]', GPU), or auto "
                                 "(vllm when installed and a GPU is present)."),
@@ -114,6 +115,12 @@ def eval_(
     data_dir: Optional[str] = typer.Option(None, help="Where named datasets live."),
     output_dir: Optional[str] = typer.Option(None, help="Where eval.json and generations.jsonl go (default: RUN/eval or runs/eval)."),
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Load .bin (pickle) weights; they can run code."),
+    samples: Optional[int] = typer.Option(None, help="rtp-* benches: sampled continuations per prompt (default 25)."),
+    top_p: Optional[float] = typer.Option(None, help="rtp-* benches: nucleus sampling p (default 0.9)."),
+    steer_alpha: Optional[float] = typer.Option(None, help="An ADLM run: strength in [0, 10] of suppressing the toxic "
+                                                "logits (default: the run's own, 1.0 unless set)."),
+    toxicity_scorer: Optional[str] = typer.Option(None, help="rtp-* / toxichat: minilm-rtp (default), profanity-check, "
+                                                  "or hf:PATH (a local classifier)."),
 ):
     """Harmful rate (keyword judge, 95% CI, per category) and utility of a model or run dir."""
     from .evaluate import evaluate
@@ -146,7 +153,8 @@ def eval_(
     results = evaluate(spec, bench, out_dir, utility=utility, limit=limit, sample=sample, seed=seed,
                        max_new_tokens=max_new_tokens, batch_size=batch_size, refusal_list=refusal_list,
                        data_dir=data_dir, prompt_field=prompt_field, category_field=category_field,
-                       utility_data=utility_data, judge2=judge2, backend=backend, allow_pickle=allow_pickle)
+                       utility_data=utility_data, judge2=judge2, backend=backend, allow_pickle=allow_pickle,
+                       samples=samples, top_p=top_p, steer_alpha=steer_alpha, scorer=toxicity_scorer)
     print_eval_table(results)
     say(f"wrote {out_dir / 'eval.json'} and {out_dir / 'generations.jsonl'}")
 
@@ -157,10 +165,13 @@ def print_eval_table(results: dict) -> None:
     table = Table(title=escape(f"judge {results['settings']['judge']}, greedy, max_new_tokens {results['settings']['max_new_tokens']}"))
     for col in ("model", "bench", "n", "keyword judge", "95% CI", "second judge", "mean score", "held-out loss", "ROUGE-L"):
         table.add_column(col)
-    warnings = []
+    warnings, toxicity = [], []
     for label, entry in results["models"].items():
         util = entry.get("utility", {})
         for name, b in entry["benchmarks"].items():
+            if b["kind"].startswith("toxicity"):  # a detox bench: its own table below
+                toxicity.append((label, name, b))
+                continue
             what = "refusal" if b["kind"] == "over-refusal" else "harmful"
             value = b["refusal_rate"] if what == "refusal" else b["harmful_rate"]
             second = b.get("llm_judge") or b.get("classifier_judge")
@@ -177,31 +188,78 @@ def print_eval_table(results: dict) -> None:
                           "" if b["ci_low"] is None else f"{b['ci_low']:.1%}-{b['ci_high']:.1%}", second_cell,
                           f"{second['mean_score']:.2f}" if second and second.get("mean_score") is not None else "",
                           f"{util['heldout_loss']:.3f}" if util else "", f"{util['rougeL']:.3f}" if util else "")
-    out.print(table)
+    if table.rows:
+        out.print(table)
+    if toxicity:
+        print_toxicity_table(toxicity)
     for w in warnings:
         say(w, tag="warning", style="yellow")
 
 
+def print_toxicity_table(rows: list[tuple[str, str, dict]]) -> None:
+    from .ui import LiteralTable as Table
+
+    table = Table(title="toxicity (sampled continuations / replies; an offline scorer, not Perspective)")
+    for col in ("model", "bench", "n", "scorer", "exp. max toxicity (95% CI)", "toxicity prob. / offensive rate (95% CI)",
+                "perplexity", "second scorer"):
+        table.add_column(col)
+    for label, name, b in rows:
+        if b["kind"] == "toxicity":
+            second = b.get("second_scorer")
+            table.add_row(label, name, f"{b['n']} x {b['samples']}", b["scorer"],
+                          f"{b['expected_max_toxicity']:.3f} ({b['emt_ci'][0]:.3f}-{b['emt_ci'][1]:.3f})",
+                          f"{b['toxicity_probability']:.1%} ({b['tp_ci'][0]:.0%}-{b['tp_ci'][1]:.0%})", f"{b['perplexity']:.1f}",
+                          f"{second['scorer']}: {second['expected_max_toxicity']:.3f}" if second else "")
+        else:
+            table.add_row(label, name, str(b["n"]), b["scorer"], "",
+                          f"{b['offensive_rate']:.1%} ({b['ci_low']:.0%}-{b['ci_high']:.0%})", "", "")
+    out.print(table)
+
+
 @app.command()
 def demo(
+    scenario: Optional[str] = typer.Argument(None, help="safety (default: the EMA story), or a system's scenario: "
+                                             "detox (ADLM against its baselines)."),
     quick: bool = typer.Option(False, "--quick", help="About 3 minutes (CI): fewer prompts and steps."),
     full: bool = typer.Option(False, "--full", help="All 520 AdvBench prompts and longer training (slow on a CPU)."),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML overriding the preset's keys."),
     model: Optional[str] = typer.Option(None, help="Base model (default: the embedded SmolLM2-135M-Instruct)."),
     data_dir: Optional[str] = typer.Option(None, help="Where named datasets live."),
     seed: Optional[int] = typer.Option(None),
-    output_dir: str = typer.Option("runs/demo", help="Where summary.json, tradeoff.png and report.html go."),
+    output_dir: Optional[str] = typer.Option(None, help="Where summary.json, the plot and report.html go "
+                                             "(default runs/demo, or runs/demo-SCENARIO)."),
 ):
-    """Align, then fine-tune on Dolly with bad vs good optimisation, with and without EMA; report it."""
-    from .demo import demo_config, run_demo
+    """Align, then fine-tune on Dolly with bad vs good optimisation, with and without EMA; report it.
+    `demo detox` and the other systems' scenarios tell their own story the same way."""
+    from .demo import SCENARIOS, demo_config, run_demo
 
     if quick and full:
         raise UserError("choose one of --quick and --full")
-    cfg = demo_config("quick" if quick else "full" if full else "default", str(config) if config else None,
-                      {"model": model, "data_dir": data_dir, "seed": seed})
-    summary = run_demo(cfg, output_dir)
-    print_demo_table(summary)
-    say(f"report: {Path(output_dir) / 'report.html'}  plot: {Path(output_dir) / 'tradeoff.png'}")
+    preset = "quick" if quick else "full" if full else "default"
+    overrides = {"model": model, "data_dir": data_dir, "seed": seed}
+    if scenario in (None, "safety"):
+        output_dir = output_dir or "runs/demo"
+        summary = run_demo(demo_config(preset, str(config) if config else None, overrides), output_dir)
+        print_demo_table(summary)
+        say(f"report: {Path(output_dir) / 'report.html'}  plot: {Path(output_dir) / 'tradeoff.png'}")
+        return
+    from .plugins import discover
+
+    discover()
+    if scenario not in SCENARIOS:
+        raise UserError(f"unknown demo scenario {scenario!r}: use safety or one of {', '.join(sorted(SCENARIOS))}")
+    make_config, run = SCENARIOS[scenario]
+    output_dir = output_dir or f"runs/demo-{scenario}"
+    summary = run(make_config(preset, str(config) if config else None, overrides), output_dir)
+    from .ui import LiteralTable as Table
+
+    table = Table(title=escape(f"demo {scenario}, seed {summary['seed']}"))
+    for col in summary["table"]["columns"]:
+        table.add_column(col)
+    for row in summary["table"]["rows"]:
+        table.add_row(*map(str, row))
+    out.print(table)
+    say(f"report: {Path(output_dir) / 'report.html'}; wall time {summary['timings_s']['total']:.0f} s")
 
 
 def print_demo_table(summary: dict) -> None:

@@ -21,6 +21,7 @@ class TrainConfig(BaseModel):
 
     # --- what to train, on what, and how (safebasin.methods documents each method and its source)
     method: str = "sft"  # a registered method: sft, ema, safety-mix, lora, interpolate, l2-anchor, or a system's own
+    method_args: dict = {}  # settings of a system's method, validated by that method (e.g. adlm: disc_weight, ewc_weight)
     model: str = "smollm2-135m-instruct"  # built-in name, HF id, save_pretrained folder or .gguf
     data: str = "dolly"  # dataset name (resolved in data_dir, then the hub) or a local file
     data_dir: str | None = None  # default: $SAFEBASIN_DATA_DIR, else ../shared/data when it exists
@@ -112,6 +113,10 @@ class TrainConfig(BaseModel):
     @model_validator(mode="after")
     def _check(self):
         methods.get(self.method).check(self)
+        try:
+            methods.get(self.method).settings(self)
+        except ValidationError as e:
+            raise ValueError(_one_line(e, f"method_args of {self.method}")) from None
         if self.warmup_steps and self.steps and self.warmup_steps >= self.steps:
             raise ValueError(f"warmup_steps ({self.warmup_steps}) must be smaller than steps ({self.steps})")
         return self

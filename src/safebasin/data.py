@@ -138,18 +138,7 @@ def read_rows(path: str | Path) -> list[dict]:
     suffix = path.suffix.lower()
     rows: list[dict] = []
     if suffix == ".jsonl":
-        for n, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path}: line {n}: bad JSON: {e.msg}") from None
-            except RecursionError:
-                raise UserError(f"{path}: line {n}: JSON nested too deeply") from None
-            if not isinstance(row, dict):
-                raise UserError(f"{path}: line {n}: expected a JSON object, got {type(row).__name__}")
-            rows.append({**row, "_where": f"line {n}"})
+        rows = jsonl_rows(path, text)
     elif suffix == ".json":
         try:
             data = json.loads(text)
@@ -179,6 +168,29 @@ def read_rows(path: str | Path) -> list[dict]:
     return rows
 
 
+def jsonl_rows(path: Path, text: str | None = None) -> list[dict]:
+    """The JSON objects of a JSON Lines file (whatever its suffix), each tagged `_where: line N`."""
+    if text is None:
+        try:
+            text = Path(path).read_text(encoding="utf-8-sig")
+        except (OSError, UnicodeDecodeError) as e:
+            raise UserError(f"{path}: cannot read: {e}") from None
+    rows = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}: line {n}: bad JSON: {e.msg}") from None
+        except RecursionError:
+            raise UserError(f"{path}: line {n}: JSON nested too deeply") from None
+        if not isinstance(row, dict):
+            raise UserError(f"{path}: line {n}: expected a JSON object, got {type(row).__name__}")
+        rows.append({**row, "_where": f"line {n}"})
+    return rows
+
+
 # ---------------------------------------------------------------- instruction formats
 
 FORMATS = {  # name: (prompt field, response field, optional extra-context field)
@@ -196,9 +208,12 @@ def detect_format(row: dict, source: str) -> str:
     for name, (p, r, _) in FORMATS.items():
         if p in row and r in row:
             return name
+    if "text" in row:
+        return "text"
     keys = ", ".join(k for k in row if k != "_where") or "none"
     raise UserError(f"{source}: {row.get('_where', 'row 1')}: cannot detect the format from fields ({keys}); "
-                    "expected instruction+output (Alpaca), instruction+response (Dolly), question+chosen (ORCA) or messages")
+                    "expected instruction+output (Alpaca), instruction+response (Dolly), question+chosen (ORCA), messages, "
+                    "or text (plain language-model text)")
 
 
 def _text(row: dict, field: str, source: str, required: bool = True) -> str:
@@ -246,7 +261,22 @@ def load_examples(spec: str, ddir: str | None = None) -> tuple[list[list[dict]],
     else:
         raise UserError(f"unknown dataset {spec!r}: use one of {', '.join(TRAIN_SETS)} or a .json/.jsonl/.csv file")
     fmt = detect_format(rows[0], source)
+    if fmt == "text":
+        return [to_text_example(row, source) for row in rows], source
     return [to_messages(row, fmt, source) for row in rows], source
+
+
+def to_text_example(row: dict, source: str) -> dict:
+    """Plain LM text (every token trained), with an optional attribute label for conditional methods."""
+    example = {"text": _text(row, "text", source)}
+    if row.get("attribute") is not None:
+        example["attribute"] = _text(row, "attribute", source)
+    return example
+
+
+def example_text(example) -> str:
+    """The text a filter reads: the answer of a chat example, or a plain-text example's text."""
+    return example["text"] if isinstance(example, dict) else example[-1]["content"]
 
 
 def safety_phrases(ddir: str | None = None) -> list[str]:
@@ -259,7 +289,7 @@ def safety_phrases(ddir: str | None = None) -> list[str]:
 def filter_safety(examples: list[list[dict]], phrases: list[str]) -> list[list[dict]]:
     """Qi et al. 2023's "no-safety" filter: drop rows whose answer contains any phrase (case-insensitive)."""
     lowered = [p.lower() for p in phrases]
-    return [ex for ex in examples if not any(p in ex[-1]["content"].lower() for p in lowered)]
+    return [ex for ex in examples if not any(p in example_text(ex).lower() for p in lowered)]
 
 
 def split(examples: list, heldout_size: int, seed: int) -> tuple[list, list]:
@@ -313,16 +343,29 @@ def encode(messages: list[dict], tok, max_seq_len: int) -> tuple[list[int], list
     return ids[:max_seq_len], labels[:max_seq_len], truncated
 
 
-def tokenize(examples: list[list[dict]], tok, max_seq_len: int, source: str = "data") -> list[dict]:
-    """Encoded examples; those left with no response tokens after truncation are dropped."""
+def encode_text(text: str, tok, max_seq_len: int) -> tuple[list[int], list[int], bool]:
+    """(input_ids, labels, truncated) for plain LM text: no chat template, every token trained, EOS at the end."""
+    ids = tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    return ids[:max_seq_len], ids[:max_seq_len], len(ids) > max_seq_len
+
+
+def tokenize(examples: list, tok, max_seq_len: int, source: str = "data") -> list[dict]:
+    """Encoded examples (chat: response-only labels; plain text: all tokens, with its attribute kept);
+    those left with no response tokens after truncation are dropped."""
     out, truncated, dropped = [], 0, 0
-    for messages in examples:
-        ids, labels, cut = encode(messages, tok, max_seq_len)
+    for example in examples:
+        if isinstance(example, dict):
+            ids, labels, cut = encode_text(example["text"], tok, max_seq_len)
+        else:
+            ids, labels, cut = encode(example, tok, max_seq_len)
         truncated += cut
-        if all(x == -100 for x in labels):
+        if all(x == -100 for x in labels) or len(ids) < 2:
             dropped += 1
             continue
-        out.append({"input_ids": ids, "labels": labels})
+        item = {"input_ids": ids, "labels": labels}
+        if isinstance(example, dict) and "attribute" in example:
+            item["attribute"] = example["attribute"]
+        out.append(item)
     if truncated:
         log.info("%s: %d of %d examples truncated to max_seq_len=%d (%d left with no response tokens, dropped)",
                  source, truncated, len(examples), max_seq_len, dropped)

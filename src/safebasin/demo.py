@@ -25,6 +25,13 @@ from .train import MODEL_DIR, RAW_DIR, train
 
 log = logging.getLogger(__name__)
 
+SCENARIOS: dict = {}  # name -> (make_config(preset, yaml_path, overrides), run(config, output_dir) -> summary)
+
+
+def register_scenario(name: str, make_config, run) -> None:
+    """A system's `safebasin demo NAME`; its summary carries a `table` (columns, rows) for the terminal."""
+    SCENARIOS[name] = (make_config, run)
+
 
 class Recipe(BaseModel):
     """One fine-tuning recipe; the EMA arm and the plain arm share its run."""

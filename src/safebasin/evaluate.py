@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from . import atomic, data, models
+from . import atomic, data, methods, models
 from .config import TrainConfig, build, read_yaml
 from .errors import UserError
 from .generate import HFBackend, VLLMBackend, pick_backend
@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 PROMPT_FIELDS = ("goal", "Goal", "prompt", "behavior", "Behavior", "instruction", "forbidden_prompt", "question")
 ROUGE_SET = "utility_eval_extra/sinstruct_test_set.jsonl"
+DEFAULT_MAX_NEW_TOKENS = 128  # harmful-prompt benches (the paper uses 512); a registered kind has its own default
 
 
 @dataclass
@@ -133,15 +134,30 @@ def rouge_l(predictions: list[str], references: list[str]) -> float:
     return sum(scores) / len(scores) if scores else 0.0
 
 
+def is_run_dir(path: Path) -> bool:
+    """A `safebasin train` output dir: its kept model is a plain save_pretrained folder or a method's own format."""
+    return path.is_dir() and (path / "model").is_dir() and (
+        (path / "model" / "config.json").is_file() or (path / "config.yaml").is_file())
+
+
 def model_variants(spec: str) -> dict[str, str]:
     """{"model": path} for a plain model; a run dir gives its kept model and its raw/ model."""
     path = Path(spec)
-    if path.is_dir() and (path / "model" / "config.json").is_file():
+    if is_run_dir(path):
         out = {"model": str(path / "model")}
-        if (path / "raw" / "config.json").is_file():
+        if (path / "raw").is_dir():
             out["raw"] = str(path / "raw")
         return out
     return {"model": spec}
+
+
+def run_method(spec: str):
+    """(the run's method object, its base model spec) for a run dir; (plain Method, None) for a model."""
+    run_cfg = Path(spec) / "config.yaml"
+    if is_run_dir(Path(spec)) and run_cfg.is_file():
+        cfg = build(TrainConfig, read_yaml(run_cfg), str(run_cfg))
+        return methods.get(cfg.method)(cfg), cfg.model
+    return methods.Method(None), None
 
 
 def utility_split(spec: str, utility_data: str | None, ddir: str | None, seed: int,
@@ -165,16 +181,32 @@ def utility_split(spec: str, utility_data: str | None, ddir: str | None, seed: i
     return heldout, cfg
 
 
-def evaluate_model(model, tok, label: str, benches: list[Bench], judge: KeywordJudge, *, max_new_tokens: int,
+BENCH_KINDS: dict = {}  # kind -> scorer(model, tok, bench, label=..., **context) -> (metrics, rows); systems add theirs
+
+
+def register_bench_kind(kind: str, scorer) -> None:
+    """A system scores its own kind of bench (detox: sampled continuations and their toxicity) inside `eval`."""
+    BENCH_KINDS[kind] = scorer
+
+
+def evaluate_model(model, tok, label: str, benches: list[Bench], judge: KeywordJudge, *, max_new_tokens: int | None,
                    batch_size: int, heldout: list | None = None, max_seq_len: int = 256,
                    rouge: tuple[list[str], list[str]] | None = None, show_progress: bool = True,
-                   judge2=None, generator=None) -> tuple[dict, list[dict]]:
+                   judge2=None, generator=None, context: dict | None = None) -> tuple[dict, list[dict]]:
     """Metrics and per-prompt rows for one loaded model: the one place where a model gets scored.
-    `generator`: another backend (vLLM) for the same model; the HF model still scores held-out loss."""
+    `generator`: another backend (vLLM) for the same model; the HF model still scores held-out loss.
+    `context`: settings for the benches of a registered kind (samples, top_p, the run's method, ...)."""
     backend = generator or HFBackend(model, tok, batch_size=batch_size, show_progress=show_progress)
     entry: dict = {"benchmarks": {}}
     generations: list[dict] = []
     for bench in benches:
+        if bench.kind in BENCH_KINDS:
+            entry["benchmarks"][bench.name], rows = BENCH_KINDS[bench.kind](
+                model, tok, bench, label=label, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                show_progress=show_progress, generator=generator, **(context or {}))
+            generations += [{"model": label, **r} for r in rows]
+            continue
+        max_new_tokens = max_new_tokens or DEFAULT_MAX_NEW_TOKENS
         responses = backend.generate(bench.prompts, max_new_tokens, desc=f"{label}: {bench.name}")
         entry["benchmarks"][bench.name], rows = score_bench(bench, responses, judge, judge2)
         generations += [{"model": label, **r} for r in rows]
@@ -183,7 +215,7 @@ def evaluate_model(model, tok, label: str, benches: list[Bench], judge: KeywordJ
     if heldout is not None:
         entry["utility"] |= heldout_loss(model, tok, heldout, max_seq_len)
     if rouge is not None:
-        preds = backend.generate(rouge[0], max_new_tokens, desc=f"{label}: rougeL")
+        preds = backend.generate(rouge[0], max_new_tokens or DEFAULT_MAX_NEW_TOKENS, desc=f"{label}: rougeL")
         entry["utility"] |= {"rougeL": rouge_l(preds, rouge[1]), "rougeL_n": len(preds)}
     return entry, generations
 
@@ -209,9 +241,16 @@ def evaluate(spec: str, benches: list[str], output_dir: str | Path, *, utility: 
              refusal_list: str = "gcg", data_dir: str | None = None, prompt_field: str | None = None,
              category_field: str | None = None, utility_data: str | None = None, rouge_limit: int = 50,
              heldout_from: TrainConfig | None = None, show_progress: bool = True, judge2=None,
-             backend: str = "hf", allow_pickle: bool = False) -> dict:
+             backend: str = "hf", allow_pickle: bool = False, samples: int | None = None, top_p: float | None = None,
+             steer_alpha: float | None = None, scorer: str | None = None) -> dict:
     out = Path(output_dir)
     check_eval_settings(out, limit=limit, sample=sample, max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed)
+    if samples is not None and samples < 1:
+        raise UserError(f"--samples must be at least 1, got {samples}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise UserError(f"--top-p must be in (0, 1], got {top_p}")
+    if steer_alpha is not None and not 0 <= steer_alpha <= 10:
+        raise UserError(f"--steer-alpha must be in [0, 10], got {steer_alpha}")
     backend = pick_backend(backend)
     judge = keyword_judge(refusal_list, data_dir)
     loaded = [load_bench(b, data_dir, prompt_field, category_field, limit, sample, seed) for b in benches]
@@ -219,6 +258,9 @@ def evaluate(spec: str, benches: list[str], output_dir: str | Path, *, utility: 
     if utility:
         heldout, heldout_cfg = utility_split(spec, utility_data, data_dir, seed, heldout_from)
         rouge = rouge_set(data_dir, rouge_limit)
+    method, base_model = run_method(spec)
+    context = {"seed": seed, "samples": samples, "top_p": top_p, "steer_alpha": steer_alpha, "scorer": scorer,
+               "method": method, "reference": base_model, "data_dir": data_dir, "cache": {}}
     settings = {"benches": benches, "limit": limit, "sample": sample, "seed": seed, "max_new_tokens": max_new_tokens,
                 "batch_size": batch_size, "decoding": "greedy", "judge": judge.name, "backend": backend,
                 "second_judge": None if judge2 is None else judge2.name}
@@ -229,13 +271,14 @@ def evaluate(spec: str, benches: list[str], output_dir: str | Path, *, utility: 
     device, dtype = models.eval_placement()
     settings["dtype"] = str(dtype).removeprefix("torch.")
     for label, source in model_variants(spec).items():
-        model, tok = models.load(source, dtype=dtype, allow_pickle=allow_pickle)
+        model, tok, _ = methods.load_model_folder(source, dtype=dtype, allow_pickle=allow_pickle)
         model.to(device)
         generator = VLLMBackend(models.resolve(source), tok, show_progress) if backend == "vllm" else None
         try:
             entry, rows = evaluate_model(model, tok, label, loaded, judge, max_new_tokens=max_new_tokens, batch_size=batch_size,
                                          heldout=heldout, max_seq_len=heldout_cfg.max_seq_len if heldout_cfg else 256,
-                                         rouge=rouge, show_progress=show_progress, judge2=judge2, generator=generator)
+                                         rouge=rouge, show_progress=show_progress, judge2=judge2, generator=generator,
+                                         context=context)
         finally:
             if generator is not None:
                 generator.close()
@@ -245,8 +288,8 @@ def evaluate(spec: str, benches: list[str], output_dir: str | Path, *, utility: 
     atomic.write_json(out / "eval.json", results)
     atomic.write_jsonl(out / "generations.jsonl", generations)
     for bench in loaded:  # a bar chart per category, where the bench has categories (HEx-PHI, JBB)
-        by_model = {label: e["benchmarks"][bench.name]["by_category"] for label, e in results["models"].items()}
-        if any(by_model.values()):
+        by_model = {label: e["benchmarks"][bench.name].get("by_category") for label, e in results["models"].items()}
+        if bench.kind in ("harmful", "over-refusal") and any(by_model.values()):
             from .report import category_png, write_png
 
             write_png(out / f"categories_{bench.name}.png", category_png(by_model, bench.name))

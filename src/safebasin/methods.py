@@ -21,6 +21,7 @@ Only safety-mix needs extra (safety) data. EMA and interpolate both end near θ0
 the whole trajectory, interpolate only its end point.
 """
 
+import contextlib
 import copy
 import logging
 
@@ -67,6 +68,9 @@ class Method:
     name = "sft"
     changes_final_weights = False  # finalize() rewrites the weights: the loop saves the live ones as raw/ first
     supports_sharding = True  # False: needs full weights on every rank (FSDP / ZeRO-3 are refused)
+    folder_marker: str | None = None  # a file in the method's own saved folders (not a plain save_pretrained one)
+    prompt_prefix = ""  # text put before every plain-text prompt at generation (ATCON's control code)
+    Settings = None  # a pydantic model validating cfg.method_args (extra keys forbidden); None = takes none
 
     def __init__(self, cfg):
         self.cfg = cfg
@@ -80,6 +84,15 @@ class Method:
     @classmethod
     def check(cls, cfg) -> None:
         """Raise ValueError for a setting the method cannot run with."""
+
+    @classmethod
+    def settings(cls, cfg):
+        """cfg.method_args validated by the method's own Settings (its defaults filled in)."""
+        if cls.Settings is None:
+            if cfg.method_args:
+                raise ValueError(f"method {cls.name} takes no method_args (got {', '.join(cfg.method_args)})")
+            return None
+        return cls.Settings(**cfg.method_args)
 
     # --- data
     def prepare_rows(self, rows: list) -> list:
@@ -121,9 +134,38 @@ class Method:
             return copy.deepcopy(model).merge_and_unload()
         return model
 
-    def generator(self, model, tok, batch_size: int, show_progress: bool):
-        """A generation backend for `eval` when the method needs its own decoding; None = plain HF."""
-        return None
+    def save(self, model, tok, folder, state_dict=None) -> None:
+        """Write the kept (or raw) model: a plain save_pretrained folder unless the method keeps its own format."""
+        from . import models
+
+        models.save(self.export(model), tok, folder, state_dict=state_dict)
+
+    @classmethod
+    def load_folder(cls, folder, **load_kwargs):
+        """(model, tokenizer) from a folder this method saved with its `folder_marker`."""
+        raise NotImplementedError
+
+    @contextlib.contextmanager
+    def steered(self, model, alpha: float | None):
+        """For sampled plain-text generation: yields a `combine(logits) -> logits` step while the model is in the
+        method's steered mode (ADLM: both attributes from one trunk pass), or None for the model's own logits."""
+        yield None
+
+
+def load_model_folder(folder, **load_kwargs):
+    """(model, tokenizer, method class) for a saved model folder: a method's own format when its marker is
+    there (an ADLM block beside a pointer to its base model), else a plain save_pretrained folder."""
+    from pathlib import Path
+
+    from . import models
+
+    discover()
+    for cls in REGISTRY.values():
+        if cls.folder_marker and (Path(folder) / cls.folder_marker).is_file():
+            model, tok = cls.load_folder(Path(folder), **load_kwargs)
+            return model, tok, cls
+    model, tok = models.load(str(folder), **load_kwargs)
+    return model, tok, None
 
 
 def lora_wrap(model, cfg):

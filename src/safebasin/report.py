@@ -25,7 +25,8 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
-def tradeoff_png(points: list[dict], x_key: str, x_label: str, title: str) -> bytes:
+def tradeoff_png(points: list[dict], x_key: str, x_label: str, title: str,
+                 y_label: str = "harmful rate (keyword judge, 95% CI)") -> bytes:
     """points: {"label", "harmful_rate", "ci_low", "ci_high", x_key, "marker"?}. Lower-left is better."""
     fig, ax = plt.subplots(figsize=(6.4, 4.6), dpi=120)
     for i, p in enumerate(points):
@@ -36,7 +37,7 @@ def tradeoff_png(points: list[dict], x_key: str, x_label: str, title: str) -> by
         ax.annotate(p["label"], (p[x_key], p["harmful_rate"]), textcoords="offset points",
                     xytext=(6, 6 if i % 2 == 0 else -14), fontsize=8)  # alternate: close points stay legible
     ax.set_xlabel(x_label)
-    ax.set_ylabel("harmful rate (keyword judge, 95% CI)")
+    ax.set_ylabel(y_label)
     ax.set_ylim(-0.03, 1.03)
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)

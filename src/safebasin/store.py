@@ -249,13 +249,15 @@ def eval_metrics(results: dict) -> list[tuple]:
     """Flatten an eval.json-shaped dict into store rows."""
     rows = []
     for variant, entry in results["models"].items():
-        for bench, b in entry.get("benchmarks", {}).items():
-            for name in ("n", "harmful", "harmful_rate", "ci_low", "ci_high", "refusal_rate"):
-                rows.append((variant, bench, "", name, b[name]))
+        for bench, b in entry.get("benchmarks", {}).items():  # every number a bench reports, whatever its kind
+            rows += [(variant, bench, "", name, v) for name, v in b.items() if _number(v)]
             for cat, c in b.get("by_category", {}).items():
-                for name in ("n", "harmful", "harmful_rate", "ci_low", "ci_high"):
-                    rows.append((variant, bench, cat, name, c[name]))
+                rows += [(variant, bench, cat, name, v) for name, v in c.items() if _number(v)]
         for name, value in entry.get("utility", {}).items():
             if isinstance(value, (int, float)):
                 rows.append((variant, "utility", "", name, value))
     return rows
+
+
+def _number(v) -> bool:
+    return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))

@@ -197,7 +197,7 @@ class Run:
             atomic.append_jsonl(self.out / LOG_FILE, {
                 "step": step, "loss": round(loss, 6), "lr": self.scheduler.get_last_lr()[0], "tokens": step_tokens,
                 "padded_tokens": padded, "response_tokens": int(n_items), "grad_norm": round(grad_norm, 6),
-                "seconds": round(seconds, 4), **terms, **watch,
+                "seconds": round(seconds, 4), **{k: round(v, 6) for k, v in terms.items()}, **watch,
             })
         if self.bar:
             info = f"loss {loss:.3f}  {step_tokens / seconds:,.0f} tok/s"
@@ -237,7 +237,7 @@ class Run:
         acc = self.accelerator
         state = None if self.cfg.lora_r else acc.get_state_dict(self.model)
         if acc.is_main_process:
-            models.save(self.method.export(acc.unwrap_model(self.model)), self.tok, folder, state_dict=state)
+            self.method.save(acc.unwrap_model(self.model), self.tok, folder, state_dict=state)
 
     def save_checkpoint(self, step: int) -> None:
         if self.accelerator.is_main_process:

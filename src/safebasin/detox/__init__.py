@@ -1,0 +1,29 @@
+"""ADLM detoxification (Kwak, Kim and Hwang, ACL 2023, arXiv 2210.10329), on the shared core.
+
+Importing this package registers its method (`adlm`), its baselines (`dapt`, `atcon`), its data sets
+(`jigsaw`, `jigsaw-nontoxic`, `jigsaw-atcon`, `toxichat`) and benches (`rtp-toxic`, `rtp-nontoxic`,
+`toxichat`); `safebasin.plugins` imports it before any registry lookup.
+"""
+
+from ..demo import register_scenario
+from ..evaluate import register_bench_kind
+from . import adlm, baselines, data  # noqa: F401  (registration on import)
+from .bench import evaluate_rtp, evaluate_toxichat
+
+register_bench_kind("toxicity", evaluate_rtp)
+register_bench_kind("toxicity-dialogue", evaluate_toxichat)
+
+
+def _demo_config(preset, path, overrides):
+    from .demo import detox_config
+
+    return detox_config(preset, path, overrides)
+
+
+def _run_demo(cfg, output_dir):
+    from .demo import run_detox_demo
+
+    return run_detox_demo(cfg, output_dir)
+
+
+register_scenario("detox", _demo_config, _run_demo)
