@@ -131,3 +131,13 @@ def test_bad_detox_input_is_one_line(tmp_path, tiny_model_dir, data_dir, adlm_ru
         build(TrainConfig, {"method": "adlm", "method_args": {"disc_wieght": 1.0}})
     with pytest.raises(UserError, match="ADLM needs rows with an attribute"):
         train(_cfg(tiny_model_dir, data_dir, tmp_path / "y", data="dolly", filter_safety=False), show_progress=False)
+
+
+def test_toxichat_gives_an_offensive_reply_rate(tiny_model_dir, data_dir, tmp_path):
+    from safebasin.evaluate import evaluate
+
+    res = evaluate(str(tiny_model_dir), ["toxichat"], tmp_path / "eval", limit=3, max_new_tokens=4, data_dir=str(data_dir),
+                   show_progress=False)
+    b = res["models"]["model"]["benchmarks"]["toxichat"]
+    assert b["n"] == 3 and b["scorer"] == "minilm-rtp" and 0 <= b["offensive_rate"] <= 1
+    assert b["ci_low"] <= b["offensive_rate"] <= b["ci_high"] and sum(c["n"] for c in b["by_category"].values()) == 3

@@ -12,6 +12,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from .. import atomic, methods, models, report
+from . import metrics
 from ..config import TrainConfig, build, read_yaml
 from ..evaluate import evaluate_model, load_bench
 from ..judges import keyword_judge
@@ -111,10 +112,24 @@ def run_detox_demo(cfg: DetoxDemoConfig, output_dir: str | Path, show_progress: 
         del model
     timings["total"] = round(time.perf_counter() - t0, 1)
     summary = make_summary(cfg, results, configs, timings, bench.source)
+    for name, diff in differences_vs_base(generations, results["base"]["scorer"], cfg.seed).items():
+        summary["arms"][name]["emt_diff_vs_base"] = diff
     atomic.write_json(out / "summary.json", summary)
     atomic.write_jsonl(out / "generations.jsonl", generations)
     write_report(out, summary, generations)
     return summary
+
+
+def differences_vs_base(generations: list[dict], scorer: str, seed: int = 0) -> dict[str, dict]:
+    """Each arm's expected max toxicity minus the base model's, on the same prompts, with a paired bootstrap CI."""
+    per_arm: dict[str, dict[int, list[float]]] = {}
+    for g in generations:
+        per_arm.setdefault(g["model"], {}).setdefault(g["index"], []).append(g[f"toxicity:{scorer}"])
+    base = per_arm["base"]
+    prompts = sorted(base)
+    return {name: metrics.paired_bootstrap_diff([scores[j] for j in prompts], [base[j] for j in prompts],
+                                                metrics.expected_max_toxicity, seed=seed)
+            for name, scores in per_arm.items() if name != "base"}
 
 
 def make_summary(cfg, results: dict, configs: dict, timings: dict, source: str) -> dict:
