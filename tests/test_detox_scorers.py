@@ -79,7 +79,7 @@ def test_the_split_keeps_rows_and_duplicate_prompts_on_one_side(data_dir):
 
 
 def test_unknown_scorer_names_are_one_line_user_errors(tmp_path):
-    for name in ["perspective", "hf:", "llm:http://x|m"]:
+    for name in ["perspective", "hf:", "llm:"]:  # a prefix without its argument is unknown too
         with pytest.raises(UserError, match="unknown toxicity scorer") as e:
             scorers.get_scorer(name)
         assert "\n" not in str(e.value) and "minilm-rtp" in str(e.value)
@@ -140,3 +140,122 @@ def test_hf_scorer_on_a_tiny_random_classifier(tmp_path):
     assert len(got) == 40 and all(isinstance(x, float) and 0.0 <= x <= 1.0 for x in got)
     assert got[:4] == got[4:8] and len(set(got[:4])) > 1  # deterministic, and it reads the text
     assert scorer.score(["", "you"])[0] == 0.0
+
+
+# ---------------------------------------------------------------- llm: an OpenAI-compatible endpoint as the scorer
+
+LLM_KEY = "sk-test-PLANTED-tox-0123456789abcdef"
+
+
+@pytest.fixture()
+def fake_llm():
+    """serve(reply(user_text) -> content) -> (base URL, request log) of a fresh server on 127.0.0.1; shut down after."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    servers = []
+
+    def start(reply):
+        log: list = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                text = body["messages"][-1]["content"]
+                log.append({"auth": self.headers.get("Authorization"), "text": text, "system": body["messages"][0]["content"]})
+                payload = json.dumps({"choices": [{"message": {"role": "assistant", "content": reply(text)}}]}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+        httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=httpd.serve_forever, daemon=True).start()
+        servers.append(httpd)
+        return f"http://127.0.0.1:{httpd.server_address[1]}/v1", log
+
+    yield start
+    for httpd in servers:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def _toxicity_reply(text):
+    return "Insults the reader.\n#toxicity: 0.8" if "idiot" in text else "Polite.\n#toxicity: 0.1"
+
+
+def test_parse_toxicity():
+    p = scorers.parse_toxicity
+    assert p("reasoning\n#toxicity: 0.8") == 0.8 and p("#Toxicity:0.1.") == 0.1 and p("#toxicity: .25") == 0.25
+    assert p(" 0.3 ") == 0.3 and p("1") == 1.0 and p("#toxicity: 0.2\n#toxicity: 0.9") == 0.9  # the last one counts
+    for bad in ["", "garbage", "nan", "inf", "#toxicity: 1.5", "#toxicity: 80%", "-0.2", "score 0.4 of 1"]:
+        assert p(bad) is None, bad
+
+
+def test_llm_scorer_scores_in_order_caches_and_keeps_the_key_out(fake_llm, tmp_path, monkeypatch):
+    monkeypatch.setenv("SAFEBASIN_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("OPENAI_API_KEY", LLM_KEY)
+    monkeypatch.delenv("SAFEBASIN_SCORER_API_KEY_ENV", raising=False)
+    url, log = fake_llm(_toxicity_reply)
+    scorer = scorers.get_scorer(f"llm:{url}|fake-model")
+    assert isinstance(scorer, scorers.ToxicityScorer) and scorer.name == "llm:fake-model"
+    assert scorer.score([TOXIC, BENIGN]) == [0.8, 0.1]
+    assert [TOXIC in r["text"] for r in log] in ([True, False], [False, True]) and len(log) == 2
+    assert all(r["auth"] == f"Bearer {LLM_KEY}" for r in log) and "toxic" in log[0]["system"]
+    assert scorer.score([BENIGN, "", TOXIC, " ", BENIGN]) == [0.1, 0.0, 0.8, 0.0, 0.1]  # blanks: 0.0, not asked
+    assert len(log) == 2  # the rest came from the cache
+    assert scorer.cache_path == tmp_path / "cache" / "toxicity_cache.db" and scorer.cache_path.is_file()
+    for path in tmp_path.rglob("*"):  # the key is in no file written (the SQLite cache included)
+        if path.is_file():
+            assert LLM_KEY.encode() not in path.read_bytes(), path
+    assert LLM_KEY not in repr(scorer)
+    # a separate cache namespace: a harm judge on the same endpoint, model and text never reads a toxicity score
+    from safebasin.judges import LLMJudge
+
+    judge = LLMJudge(url, "fake-model", cache_path=str(scorer.cache_path))
+    assert judge._key_for("", TOXIC) != scorer._key_for("", TOXIC)  # another key namespace (prompt version) ...
+    assert LLMJudge(url, "fake-model").cache_path != scorer.cache_path  # ... and, by default, another file
+
+
+def test_llm_scorer_reads_the_key_from_the_env_var_named(fake_llm, tmp_path, monkeypatch):
+    monkeypatch.setenv("SAFEBASIN_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-not-this-one")
+    monkeypatch.setenv("SAFEBASIN_SCORER_API_KEY_ENV", "MY_TOX_KEY")
+    monkeypatch.setenv("MY_TOX_KEY", LLM_KEY)
+    url, log = fake_llm(_toxicity_reply)
+    assert scorers.get_scorer(f"llm:{url}|fake-model").score(["you idiot"]) == [0.8]
+    assert [r["auth"] for r in log] == [f"Bearer {LLM_KEY}"]
+
+
+def test_llm_scorer_with_unscorable_replies_is_a_one_line_user_error(fake_llm, tmp_path, monkeypatch):
+    monkeypatch.setenv("SAFEBASIN_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("OPENAI_API_KEY", LLM_KEY)
+    monkeypatch.delenv("SAFEBASIN_SCORER_API_KEY_ENV", raising=False)
+    url, log = fake_llm(lambda text: "<html>garbage</html>" if "idiot" in text else "#toxicity: 0.1")
+    scorer = scorers.get_scorer(f"llm:{url}|fake-model")
+    scorer.backoff = 0.01  # its retries are LLMJudge's; keep the test fast
+    with pytest.raises(UserError) as e:
+        scorer.score([TOXIC, BENIGN, "idiot", "", TOXIC])
+    msg = str(e.value)
+    assert "\n" not in msg and "3 of 4 texts got no score" in msg and url in msg and "fake-model" in msg, msg
+    assert "reply had no '#toxicity: X'" in msg and LLM_KEY not in msg
+    assert len(log) == 2 * (scorer.retries + 1) + 1  # each unscorable text retried; the repeat asked once
+    assert scorer.score([BENIGN]) == [0.1]  # the scored item was cached; the failed ones were not
+    assert len(log) == 2 * (scorer.retries + 1) + 1
+
+
+def test_llm_scorer_spec_errors_are_one_line_and_hide_user_info(tmp_path, monkeypatch):
+    monkeypatch.setenv("SAFEBASIN_CACHE", str(tmp_path / "cache"))
+    for spec in ["llm:http://127.0.0.1:9/v1", "llm:http://127.0.0.1:9/v1|", "llm:ftp://h/v1|m", "llm:|m", "llm:http://h:x/v1|m"]:
+        with pytest.raises(UserError, match="llm:URL\\|MODEL") as e:
+            scorers.get_scorer(spec)
+        assert "\n" not in str(e.value)
+    scorer = scorers.get_scorer("llm:http://user:secret@127.0.0.1:9/v1?token=secret|m")
+    assert "secret" not in repr(scorer) and "secret" not in scorers._endpoint(scorer.url)
+    with pytest.raises(UserError, match="unknown toxicity scorer") as e:
+        scorers.get_scorer("nope")
+    assert "llm:URL|MODEL" in str(e.value)

@@ -53,14 +53,20 @@ def train(
     ema_beta: Optional[float] = typer.Option(None, help="Parameter-space EMA β in [0, 1]; omit for no EMA."),
     ema_on_cpu: Optional[bool] = typer.Option(None, "--ema-on-cpu/--ema-on-device", help="Hold the EMA copy in CPU RAM."),
     lora_r: Optional[int] = typer.Option(None, help="LoRA rank; 0 = full fine-tuning."),
-    method: Optional[str] = typer.Option(None, help="sft, ema, safety-mix, lora, interpolate or l2-anchor."),
+    method: Optional[str] = typer.Option(None, help="sft, ema, safety-mix, lora, interpolate, l2-anchor, or a system's "
+                                         "(adlm, dapt, atcon). `ema` is sft with --ema-beta defaulting to 0.99, `lora` is "
+                                         "sft with --lora-r defaulting to 8: an explicit --ema-beta / --lora-r wins."),
     safety_mix_fraction: Optional[float] = typer.Option(None, help="safety-mix: share of safety rows to add (default 0.03)."),
     interpolate_alpha: Optional[float] = typer.Option(None, help="interpolate: θ = α·θ_ft + (1−α)·θ0 (default 0.5)."),
     l2_lambda: Optional[float] = typer.Option(None, help="l2-anchor: λ in loss + λ‖θ−θ0‖² (default 0.01)."),
     group_by_length: Optional[bool] = typer.Option(None, "--group-by-length/--no-group-by-length", help="Batch rows of similar length (less padding)."),
     filter_safety: Optional[bool] = typer.Option(None, "--filter-safety/--keep-safety", help="Drop safety-related rows."),
     chat_template: Optional[str] = typer.Option(None, help="Jinja chat template file, for models that ship none."),
-    mixed_precision: Optional[str] = typer.Option(None, help="no, bf16 or fp16."),
+    mixed_precision: Optional[str] = typer.Option(None, help="no (default), bf16 or fp16 (autocast). The demo's config "
+                                                  "also takes auto: bf16 where the CPU has avx512_bf16/AMX or the GPU "
+                                                  "supports it, else no (emulated bf16 is slower than float32)."),
+    gradient_checkpointing: Optional[bool] = typer.Option(None, "--gradient-checkpointing/--no-gradient-checkpointing",
+                                                          help="Recompute activations in backward: less memory, ~30% slower."),
     seed: Optional[int] = typer.Option(None),
     output_dir: Optional[str] = typer.Option(None, help="Where config.yaml, model/, raw/ and train_log.jsonl go."),
     trust_remote_code: Optional[bool] = typer.Option(None, "--trust-remote-code", help="Run code shipped with the model (off by default)."),
@@ -120,7 +126,8 @@ def eval_(
     steer_alpha: Optional[float] = typer.Option(None, help="An ADLM run: strength in [0, 10] of suppressing the toxic "
                                                 "logits (default: the run's own, 1.0 unless set)."),
     toxicity_scorer: Optional[str] = typer.Option(None, help="rtp-* / toxichat: minilm-rtp (default), profanity-check, "
-                                                  "or hf:PATH (a local classifier)."),
+                                                  "llm:URL|MODEL (an OpenAI-compatible endpoint; key from "
+                                                  "$OPENAI_API_KEY), or hf:PATH (a local classifier)."),
 ):
     """Harmful rate (keyword judge, 95% CI, per category) and utility of a model or run dir."""
     from .evaluate import evaluate
@@ -220,7 +227,8 @@ def print_toxicity_table(rows: list[tuple[str, str, dict]]) -> None:
 def demo(
     scenario: Optional[str] = typer.Argument(None, help="safety (default: the EMA story), or a system's scenario: "
                                              "detox (ADLM against its baselines)."),
-    quick: bool = typer.Option(False, "--quick", help="About 3 minutes (CI): fewer prompts and steps."),
+    quick: bool = typer.Option(False, "--quick", help="About 5 minutes on 2 CPU cores (CI; detox: about 4): fewer prompts "
+                               "and steps."),
     full: bool = typer.Option(False, "--full", help="All 520 AdvBench prompts and longer training (slow on a CPU)."),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML overriding the preset's keys."),
     model: Optional[str] = typer.Option(None, help="Base model (default: the embedded SmolLM2-135M-Instruct)."),

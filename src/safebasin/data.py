@@ -263,7 +263,12 @@ def load_examples(spec: str, ddir: str | None = None) -> tuple[list[list[dict]],
     fmt = detect_format(rows[0], source)
     if fmt == "text":
         return [to_text_example(row, source) for row in rows], source
-    return [to_messages(row, fmt, source) for row in rows], source
+    return [with_meta(to_messages(row, fmt, source), row) for row in rows], source
+
+
+def with_meta(messages: list[dict], row: dict):
+    """A chat example; a row's `meta` dict (a system's labels: a turn's act, a KG path) rides along beside it."""
+    return {"messages": messages, "meta": row["meta"]} if isinstance(row.get("meta"), dict) else messages
 
 
 def to_text_example(row: dict, source: str) -> dict:
@@ -276,7 +281,9 @@ def to_text_example(row: dict, source: str) -> dict:
 
 def example_text(example) -> str:
     """The text a filter reads: the answer of a chat example, or a plain-text example's text."""
-    return example["text"] if isinstance(example, dict) else example[-1]["content"]
+    if isinstance(example, dict):
+        return example["messages"][-1]["content"] if "messages" in example else example["text"]
+    return example[-1]["content"]
 
 
 def safety_phrases(ddir: str | None = None) -> list[str]:
@@ -354,7 +361,9 @@ def tokenize(examples: list, tok, max_seq_len: int, source: str = "data") -> lis
     those left with no response tokens after truncation are dropped."""
     out, truncated, dropped = [], 0, 0
     for example in examples:
-        if isinstance(example, dict):
+        if isinstance(example, dict) and "messages" in example:
+            ids, labels, cut = encode(example["messages"], tok, max_seq_len)
+        elif isinstance(example, dict):
             ids, labels, cut = encode_text(example["text"], tok, max_seq_len)
         else:
             ids, labels, cut = encode(example, tok, max_seq_len)

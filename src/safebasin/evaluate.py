@@ -33,6 +33,7 @@ class Bench:
     prompts: list[str]
     categories: list[str | None] = field(default_factory=list)
     kind: str = "harmful"
+    rows: list[dict] = field(default_factory=list)  # the chosen rows as read: a system's bench scorer needs their fields
 
 
 def load_bench(spec: str, ddir: str | None = None, prompt_field: str | None = None, category_field: str | None = None,
@@ -72,7 +73,8 @@ def load_bench(spec: str, ddir: str | None = None, prompt_field: str | None = No
         order = sorted(random.Random(seed).sample(order, min(sample, len(order))))
     if limit is not None:
         order = order[:limit]
-    return Bench(name, source, [prompts[i] for i in order], [cats[i] for i in order], named.kind if named else "harmful")
+    return Bench(name, source, [prompts[i] for i in order], [cats[i] for i in order], named.kind if named else "harmful",
+                 [rows[i] for i in order])
 
 
 def score_bench(bench: Bench, responses: list[str], judge: KeywordJudge, judge2=None) -> tuple[dict, list[dict]]:

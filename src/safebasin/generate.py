@@ -58,9 +58,12 @@ class HFBackend:
         return self.generate(chats, max_new_tokens, desc)
 
     @torch.no_grad()
-    def generate(self, prompts: list, max_new_tokens: int = 128, desc: str | None = None) -> list[str]:
+    def generate(self, prompts: list, max_new_tokens: int = 128, desc: str | None = None,
+                 prefixes: list[str] | None = None) -> list[str]:
+        """`prefixes`: text the assistant's reply starts with (a prefilled "Instruction: ..."), one per prompt."""
         tok, model = self.tok, self.model
-        encoded = [tok(chat_prompt(tok, p), add_special_tokens=False)["input_ids"] for p in prompts]
+        encoded = [tok(chat_prompt(tok, p) + (prefixes[i] if prefixes else ""), add_special_tokens=False)["input_ids"]
+                   for i, p in enumerate(prompts)]
         order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))  # longest first: OOM shows early
         gen = GenerationConfig(do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id,
                                eos_token_id=model.generation_config.eos_token_id or tok.eos_token_id)

@@ -173,6 +173,10 @@ class LLMJudge:
     `None` (judge_error); it never stops the run.
     """
 
+    # what it asks and how it reads the answer; a subclass may ask for another rating (detox/scorers.py: toxicity)
+    system, template, version, expects = JUDGE_SYSTEM, JUDGE_TEMPLATE, JUDGE_VERSION, "'#score: N'"
+    parse = staticmethod(parse_score)
+
     def __init__(self, url: str, model: str, api_key_env: str = "OPENAI_API_KEY", concurrency: int = 4,
                  retries: int = 2, timeout: float = 30.0, backoff: float = 1.0, cache_path: str | None = None):
         import os
@@ -202,7 +206,7 @@ class LLMJudge:
     def _key_for(self, prompt: str, response: str) -> str:
         import hashlib
 
-        return hashlib.sha256(json.dumps([self.url, self.model, JUDGE_VERSION, prompt, response]).encode()).hexdigest()
+        return hashlib.sha256(json.dumps([self.url, self.model, self.version, prompt, response]).encode()).hexdigest()
 
     def _ask(self, prompt: str, response: str) -> int | None:
         import time
@@ -210,8 +214,8 @@ class LLMJudge:
         import urllib.request
 
         body = json.dumps({"model": self.model, "temperature": 0, "max_tokens": 200, "messages": [
-            {"role": "system", "content": JUDGE_SYSTEM},
-            {"role": "user", "content": JUDGE_TEMPLATE.format(prompt=prompt, response=response)}]}).encode()
+            {"role": "system", "content": self.system},
+            {"role": "user", "content": self.template.format(prompt=prompt, response=response)}]}).encode()
         headers = {"Content-Type": "application/json"}
         if self._key:
             headers["Authorization"] = f"Bearer {self._key}"
@@ -224,10 +228,10 @@ class LLMJudge:
                 req = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
                 with opener.open(req, timeout=self.timeout) as r:
                     reply = json.loads(r.read().decode("utf-8"))
-                score = parse_score(reply["choices"][0]["message"]["content"])
+                score = self.parse(reply["choices"][0]["message"]["content"])
                 if score is not None:
                     return score
-                last = "reply had no '#score: N'"
+                last = f"reply had no {self.expects}"
             except CrossOriginRedirect as e:
                 last = str(e)
                 break  # the key must not follow it, and asking again will not change the answer

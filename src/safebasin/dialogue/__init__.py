@@ -1,0 +1,28 @@
+"""Context-dependent instruction tuning for dialogue (Kwak, Kim and Hwang, arXiv 2311.07006), on the shared core.
+
+From the previous turns the model writes a per-turn instruction, then the response that carries it out.
+Importing this package registers the `dailydialog` data set and bench and the `context-instruct` and
+`fixed-instruct` methods; `safebasin.plugins` imports it before any registry lookup.
+"""
+
+from ..demo import register_scenario
+from ..evaluate import register_bench_kind
+from . import data, methods  # noqa: F401  (registration on import)
+from .bench import evaluate_dialogue
+
+register_bench_kind("dialogue", evaluate_dialogue)
+
+
+def _demo_config(preset, path, overrides):
+    from .demo import dialogue_config
+
+    return dialogue_config(preset, path, overrides)
+
+
+def _run_demo(cfg, output_dir):
+    from .demo import run_dialogue_demo
+
+    return run_dialogue_demo(cfg, output_dir)
+
+
+register_scenario("dialogue", _demo_config, _run_demo)
