@@ -28,9 +28,15 @@ log = logging.getLogger(__name__)
 SCENARIOS: dict = {}  # name -> (make_config(preset, yaml_path, overrides), run(config, output_dir) -> summary)
 
 
-def register_scenario(name: str, make_config, run) -> None:
-    """A system's `safebasin demo NAME`; its summary carries a `table` (columns, rows) for the terminal."""
-    SCENARIOS[name] = (make_config, run)
+def register_scenario(name: str, module: str, make_config: str, run: str) -> None:
+    """A system's `safebasin demo NAME`, by the names of its functions in `module` (imported only when that
+    demo runs, so registering costs nothing at start-up); its summary carries a `table` (columns, rows)."""
+    import importlib
+
+    def later(attr):
+        return lambda *args: getattr(importlib.import_module(module), attr)(*args)
+
+    SCENARIOS[name] = (later(make_config), later(run))
 
 
 class Recipe(BaseModel):

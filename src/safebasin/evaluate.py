@@ -116,6 +116,40 @@ def heldout_loss(model, tok, examples: list, max_seq_len: int, batch_size: int =
     return {"heldout_loss": mean, "perplexity": math.exp(min(mean, 50.0)), "heldout_n": len(encoded), "heldout_tokens": count}
 
 
+@torch.no_grad()
+def summed_target_nll(model, pairs: list[tuple[list[int], int]], batch_size: int) -> tuple[float, int]:
+    """(total NLL, tokens) of each sequence's tokens after its first `n_prompt` ids, for pairs (ids, n_prompt):
+    batches sorted by length, right-padded (pads are masked and never scored, so their id does not matter),
+    log-softmax in float32, in eval mode (restored after). The one loop behind the continuation and response
+    perplexities of the detox and dialogue benches."""
+    pairs = sorted(pairs, key=lambda p: len(p[0]), reverse=True)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    total_nll, total_tokens = 0.0, 0
+    try:
+        for start in range(0, len(pairs), batch_size):
+            batch = pairs[start:start + batch_size]
+            width = max(len(ids) for ids, _ in batch)
+            input_ids = torch.zeros((len(batch), width), dtype=torch.long)
+            attention = torch.zeros((len(batch), width), dtype=torch.long)
+            labels = torch.full((len(batch), width), -100, dtype=torch.long)
+            for row, (ids, n_prompt) in enumerate(batch):
+                input_ids[row, :len(ids)] = torch.tensor(ids)
+                attention[row, :len(ids)] = 1
+                labels[row, n_prompt:len(ids)] = torch.tensor(ids[n_prompt:])
+            logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits
+            logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+            target = labels[:, 1:].to(device)
+            scored = target != -100
+            tok_logp = logp.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+            total_nll -= float(tok_logp[scored].double().sum())
+            total_tokens += int(scored.sum())
+    finally:
+        model.train(was_training)
+    return total_nll, total_tokens
+
+
 def rouge_set(ddir: str | None, limit: int) -> tuple[list[str], list[str]]:
     root = data.data_dir(ddir)
     if not root or not (root / ROUGE_SET).is_file():

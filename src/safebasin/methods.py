@@ -71,6 +71,7 @@ class Method:
     folder_marker: str | None = None  # a file in the method's own saved folders (not a plain save_pretrained one)
     prompt_prefix = ""  # text put before every plain-text prompt at generation (ATCON's control code)
     Settings = None  # a pydantic model validating cfg.method_args (extra keys forbidden); None = takes none
+    implied: dict = {}  # settings the method's name implies (its data set, ...); what the user gives wins
 
     def __init__(self, cfg):
         self.cfg = cfg
@@ -79,7 +80,7 @@ class Method:
     @classmethod
     def defaults(cls, values: dict) -> dict:
         """Fill in the setting that defines the method when the user gave none (raw config values)."""
-        return values
+        return cls.implied | values
 
     @classmethod
     def check(cls, cfg) -> None:

@@ -13,17 +13,4 @@ from .bench import evaluate_rtp, evaluate_toxichat
 register_bench_kind("toxicity", evaluate_rtp)
 register_bench_kind("toxicity-dialogue", evaluate_toxichat)
 
-
-def _demo_config(preset, path, overrides):
-    from .demo import detox_config
-
-    return detox_config(preset, path, overrides)
-
-
-def _run_demo(cfg, output_dir):
-    from .demo import run_detox_demo
-
-    return run_detox_demo(cfg, output_dir)
-
-
-register_scenario("detox", _demo_config, _run_demo)
+register_scenario("detox", "safebasin.detox.demo", "detox_config", "run_detox_demo")

@@ -106,9 +106,7 @@ class ADLM(Method):
     Settings = ADLMSettings
     supports_sharding = False
 
-    @classmethod
-    def defaults(cls, values):
-        return {"data": "jigsaw", "filter_safety": False} | values
+    implied = {"data": "jigsaw", "filter_safety": False}
 
     @classmethod
     def check(cls, cfg):

@@ -13,9 +13,7 @@ from .data import CONTROL, NONTOXIC
 class DAPT(Method):
     name = "dapt"
 
-    @classmethod
-    def defaults(cls, values):
-        return {"data": "jigsaw-nontoxic", "filter_safety": False} | values
+    implied = {"data": "jigsaw-nontoxic", "filter_safety": False}
 
 
 @register
@@ -23,6 +21,4 @@ class ATCON(Method):
     name = "atcon"
     prompt_prefix = CONTROL[NONTOXIC] + " "
 
-    @classmethod
-    def defaults(cls, values):
-        return {"data": "jigsaw-atcon", "filter_safety": False} | values
+    implied = {"data": "jigsaw-atcon", "filter_safety": False}

@@ -14,6 +14,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from ..evaluate import summed_target_nll
+
 __all__ = [
     "expected_max_toxicity", "toxicity_probability", "bootstrap_ci", "paired_bootstrap_diff",
     "distinct_n", "distinct_n_per_prompt", "diversity", "continuation_perplexity", "summarize",
@@ -171,8 +173,6 @@ def continuation_perplexity(model, tok, prompts: Sequence[str], continuations: S
 
     Returns {"perplexity", "n_scored", "n_empty", "tokens"}; perplexity is NaN if nothing was scored.
     """
-    import torch
-
     if len(prompts) != len(continuations):
         raise ValueError(f"{len(prompts)} prompts but {len(continuations)} continuations")
     if batch_size < 1:
@@ -193,34 +193,7 @@ def continuation_perplexity(model, tok, prompts: Sequence[str], continuations: S
             p_ids = [start]
         pairs.append((p_ids + c_ids, len(p_ids)))
 
-    pairs.sort(key=lambda p: len(p[0]), reverse=True)
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    total_nll = 0.0
-    total_tokens = 0
-    try:
-        with torch.no_grad():
-            for start in range(0, len(pairs), batch_size):
-                batch = pairs[start:start + batch_size]
-                width = max(len(ids) for ids, _ in batch)
-                input_ids = torch.zeros((len(batch), width), dtype=torch.long)  # pad id is masked out anyway
-                attention = torch.zeros((len(batch), width), dtype=torch.long)
-                labels = torch.full((len(batch), width), -100, dtype=torch.long)
-                for row, (ids, n_prompt) in enumerate(batch):
-                    input_ids[row, :len(ids)] = torch.tensor(ids)
-                    attention[row, :len(ids)] = 1
-                    labels[row, n_prompt:len(ids)] = torch.tensor(ids[n_prompt:])
-                logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits
-                logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-                target = labels[:, 1:].to(device)
-                scored = target != -100
-                tok_logp = logp.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-                total_nll -= float(tok_logp[scored].double().sum())
-                total_tokens += int(scored.sum())
-    finally:
-        model.train(was_training)
-
+    total_nll, total_tokens = summed_target_nll(model, pairs, batch_size)
     ppl = float(np.exp(total_nll / total_tokens)) if total_tokens else float("nan")
     return {"perplexity": ppl, "n_scored": len(pairs), "n_empty": n_empty, "tokens": total_tokens}
 

@@ -12,17 +12,4 @@ from .bench import evaluate_dialogue
 
 register_bench_kind("dialogue", evaluate_dialogue)
 
-
-def _demo_config(preset, path, overrides):
-    from .demo import dialogue_config
-
-    return dialogue_config(preset, path, overrides)
-
-
-def _run_demo(cfg, output_dir):
-    from .demo import run_dialogue_demo
-
-    return run_dialogue_demo(cfg, output_dir)
-
-
-register_scenario("dialogue", _demo_config, _run_demo)
+register_scenario("dialogue", "safebasin.dialogue.demo", "dialogue_config", "run_dialogue_demo")

@@ -51,9 +51,7 @@ class ContextInstruct(Method):
     name = "context-instruct"
     Settings = ContextInstructSettings
 
-    @classmethod
-    def defaults(cls, values):
-        return {"data": "dailydialog", "filter_safety": False} | values
+    implied = {"data": "dailydialog", "filter_safety": False}
 
     @classmethod
     def check(cls, cfg):
@@ -83,9 +81,7 @@ class ContextInstruct(Method):
 class FixedInstruct(Method):
     name = "fixed-instruct"
 
-    @classmethod
-    def defaults(cls, values):
-        return {"data": "dailydialog", "filter_safety": False} | values
+    implied = {"data": "dailydialog", "filter_safety": False}
 
     def prepare_rows(self, rows):
         return [{"messages": with_fixed_instruction(r["messages"] if isinstance(r, dict) else r),

@@ -22,6 +22,8 @@ from functools import lru_cache
 
 import numpy as np
 
+from ..evaluate import summed_target_nll
+
 __all__ = [
     "bleu_n", "bleu_scores", "sentence_bleu", "CorpusBLEU", "rouge_l", "unigram_f1", "normalize_answer",
     "distinct", "response_perplexity", "ActClassifier", "label_agreement", "paired_bootstrap",
@@ -197,8 +199,6 @@ def response_perplexity(model, tok, contexts: Sequence[Sequence[dict]], response
 
     Returns {"perplexity", "tokens", "n"} (n = pairs scored); perplexity is NaN when n is 0.
     """
-    import torch
-
     if len(contexts) != len(responses):
         raise ValueError(f"{len(contexts)} contexts but {len(responses)} responses")
     if batch_size < 1:
@@ -216,35 +216,7 @@ def response_perplexity(model, tok, contexts: Sequence[Sequence[dict]], response
         r_ids = list(tok(response, add_special_tokens=False)["input_ids"]) if response else []
         pairs.append((p_ids + r_ids + [eos], len(p_ids)))
 
-    pairs.sort(key=lambda p: len(p[0]), reverse=True)
-    pad = tok.pad_token_id if tok.pad_token_id is not None else eos  # masked out anyway
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    total_nll = 0.0
-    total_tokens = 0
-    try:
-        with torch.no_grad():
-            for start in range(0, len(pairs), batch_size):
-                batch = pairs[start:start + batch_size]
-                width = max(len(ids) for ids, _ in batch)
-                input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
-                attention = torch.zeros((len(batch), width), dtype=torch.long)
-                labels = torch.full((len(batch), width), -100, dtype=torch.long)
-                for row, (ids, n_prompt) in enumerate(batch):
-                    input_ids[row, :len(ids)] = torch.tensor(ids)
-                    attention[row, :len(ids)] = 1
-                    labels[row, n_prompt:len(ids)] = torch.tensor(ids[n_prompt:])
-                logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits
-                logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-                target = labels[:, 1:].to(device)
-                scored = target != -100
-                tok_logp = logp.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-                total_nll -= float(tok_logp[scored].double().sum())
-                total_tokens += int(scored.sum())
-    finally:
-        model.train(was_training)
-
+    total_nll, total_tokens = summed_target_nll(model, pairs, batch_size)
     ppl = math.exp(total_nll / total_tokens) if total_tokens else float("nan")
     return {"perplexity": ppl, "tokens": total_tokens, "n": len(pairs)}
 
