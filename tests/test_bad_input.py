@@ -5,6 +5,7 @@ that turns every error into one escaped, capped line is what is tested. Below th
 cases that need more than an exit code: files that must survive, runs that must finish.
 """
 
+import importlib.util
 import json
 import shutil
 import sys
@@ -116,6 +117,12 @@ CASES = [  # (id, args, exit code, message fragment)
     ("basin-probe-negative", ["basin", "{run}", "--probe", "-1"], 2, "--probe must be at least 1, got -1"),
     ("basin-bench-typo", ["basin", "{run}", "--bench", "advbenhc"], 2, "unknown bench 'advbenhc'"),
     ("basin-edited-config", ["basin", "{edited}"], 2, "lerning_rate: unknown key"),
+    ("report-to-typo", _train("--report-to", "tensorbord"), 2, "report_to: unknown tracker 'tensorbord'"),
+    ("report-to-none-and-more", _train("--report-to", "none,mlflow"), 2, "none cannot be combined with a tracker"),
+    ("eval-report-to-typo", _eval("--report-to", "mlfow"), 2, "--report-to: unknown tracker 'mlfow'"),
+    ("sweep-report-to-typo", ["sweep", "--report-to", "wandbb", "--output-dir", "{root}/sw"], 2, "unknown tracker 'wandbb'"),
+    *([("report-to-wandb-missing", _train("--report-to", "wandb"), 2, "--report-to wandb needs wandb, which is not installed")]
+      if importlib.util.find_spec("wandb") is None else []),  # wandb is optional: never installed by safebasin
 ]
 
 

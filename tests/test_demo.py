@@ -28,7 +28,7 @@ def demo_out(tiny_model_dir, data_dir, tmp_path_factory):
     mp.setenv("SAFEBASIN_CACHE", str(cache))
     cfg = demo.demo_config("quick", overrides={
         "model": str(tiny_model_dir), "data_dir": str(data_dir), "prompts": 4, "max_new_tokens": 6, "rouge_prompts": 2,
-        "heldout_size": 6, "max_seq_len": 96, "align_steps": 2, "align_batch_size": 2,
+        "heldout_size": 6, "max_seq_len": 96, "align_steps": 2, "align_batch_size": 2, "over_refusal_prompts": 3,
         "aggressive": {"lr": 1e-3, "batch_size": 2, "steps": 2, "ema_beta": 0.5},
         "careful": {"lr": 1e-4, "batch_size": 2, "grad_accum": 2, "steps": 1, "ema_beta": 0.5}})
     out = tmp_path_factory.mktemp("demo")
@@ -39,7 +39,7 @@ def demo_out(tiny_model_dir, data_dir, tmp_path_factory):
 
 def test_every_output_file_exists(demo_out):
     out, *_ = demo_out
-    for name in ("summary.json", "tradeoff.png", "report.html", "generations.jsonl", "demo_config.yaml"):
+    for name in ("summary.json", "tradeoff.png", "loss_curves.png", "report.html", "generations.jsonl", "demo_config.yaml"):
         assert (out / name).is_file(), name
 
 
@@ -81,12 +81,80 @@ def test_aligned_model_is_cached_and_reused(demo_out, caplog):
 
 def test_html_escapes_a_planted_script(demo_out):
     out, summary, *_ = demo_out
-    planted = [{"model": "aggressive", "prompt": "<img src=x onerror=alert(1)>", "response": "<script>alert('x')</script>",
-                "harmful": True}]
+    planted = [{"model": "aggressive", "benchmark": "advbench", "index": 0, "prompt": "<img src=x onerror=alert(1)>",
+                "response": "<script>alert('x')</script>", "harmful": True}]
     demo.write_report(out, summary, planted)
     page = (out / "report.html").read_text()
     parser = _Collect()
     parser.feed(page)
-    assert "script" not in parser.tags and "onerror" not in parser.attrs
+    assert parser.tags.count("script") == 1 and "onerror" not in parser.attrs  # the page's own sort/filter script only
     assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in page
     assert any("<script>alert('x')</script>" in t for t in parser.text)  # shown as text
+
+
+def test_summary_carries_the_story(demo_out):
+    """Over-refusal, the loss CI over stored per-row losses, ROUGE-L's n, samples, changes against the aligned
+    model and the plain run, flags per reply, recipes and provenance: what the report tells comes from here."""
+    out, summary, _, cfg = demo_out
+    saved = json.loads((out / "summary.json").read_text())
+    assert saved["prompts"] == "first 4 rows"
+    for name, arm in saved["arms"].items():
+        assert arm["over_refusal"]["n"] == 3 and 0 <= arm["over_refusal"]["ci_low"] <= arm["over_refusal"]["rate"] <= arm["over_refusal"]["ci_high"] <= 1
+        assert len(arm["heldout_row_losses"]) == len(arm["heldout_row_tokens"]) == arm["heldout_n"] > 0
+        assert arm["heldout_ci"][0] <= arm["heldout_loss"] <= arm["heldout_ci"][1]
+        assert arm["rougeL_n"] == 2 and len(arm["samples"]) == 2 and {"prompt", "response", "reference"} <= set(arm["samples"][0])
+        assert 0 <= arm["degenerate_rate"] <= 1 and 0 <= arm["cut_rate"] <= 1 and arm["recipe"]
+        assert arm["eval_precision"] == "float32 on cpu"
+        if name != "aligned":
+            assert {"harmful_rate", "over_refusal", "heldout_loss"} <= set(arm["vs_aligned"])
+    for name in ("aggressive+ema", "careful+ema"):
+        d = saved["arms"][name]["vs_plain"]["harmful_rate"]
+        assert d["low"] <= d["diff"] <= d["high"]
+    assert "same 4 Dolly rows" in saved["arms"]["aggressive"]["recipe"]  # 2 x 1 x 2 rows = 2 x 2 x 1 rows
+    assert "the aggressive run itself" in saved["arms"]["aggressive+ema"]["recipe"]
+    assert saved["table"]["columns"][0] == "arm" and [r[0] for r in saved["table"]["rows"]] == list(saved["arms"])
+    assert {"training", "why", "evaluation"} <= set(saved["provenance"]["precision"])
+    assert {"git commit", "CPU", "torch", "date"} <= set(saved["provenance"]["environment"])
+    rows = [json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines()]
+    assert sum(r["benchmark"] == "xstest" for r in rows) == 3 * 6 and sum(r["benchmark"] == "advbench" for r in rows) == 4 * 6
+    assert all(isinstance(r["cut_at_limit"], bool) and isinstance(r["degenerate"], bool) for r in rows)
+
+
+def test_heldout_rows_add_up_to_the_heldout_loss(tiny_model_dir, data_dir):
+    """The demo's per-row losses (for the CI) are the same masked loss as evaluate.heldout_loss."""
+    from safebasin import data, models
+    from safebasin.evaluate import heldout_loss
+
+    model, tok = models.load(str(tiny_model_dir))
+    cfg = demo.demo_config("quick", overrides={"model": str(tiny_model_dir), "data_dir": str(data_dir), "heldout_size": 5})
+    _, heldout, _ = data.load_for_training(demo._train_cfg(cfg, model=cfg.model, data="dolly"))
+    rows = demo.heldout_rows(model, tok, heldout, 96, batch_size=2)
+    expected = heldout_loss(model, tok, heldout, 96)
+    assert len(rows) == expected["heldout_n"] and sum(k for _, k in rows) == expected["heldout_tokens"]
+    assert sum(n for n, _ in rows) / sum(k for _, k in rows) == pytest.approx(expected["heldout_loss"], rel=1e-5)
+
+
+def test_report_is_shareable_and_complete(demo_out):
+    """No absolute path of the run (model, data, cache, output) in the page; relative links to the files;
+    the tables, grid and loss curves are there."""
+    out, summary, *_ = demo_out
+    demo.write_report(out, summary, [json.loads(x) for x in (out / "generations.jsonl").read_text().splitlines()])
+    page = (out / "report.html").read_text()
+
+    def strings(x):
+        if isinstance(x, dict):
+            for v in x.values():
+                yield from strings(v)
+        elif isinstance(x, list):
+            for v in x:
+                yield from strings(v)
+        elif isinstance(x, str):
+            yield x
+
+    paths = {s for s in strings(summary) if s.startswith("/")} | {str(out)}
+    assert paths and not [p for p in paths if p in page]
+    for link in ("summary.json", "generations.jsonl", "aligned/train_log.jsonl", "aggressive/train_log.jsonl",
+                 "careful/train_log.jsonl"):
+        assert f"href='{link}'" in page
+    assert "name='viewport'" in page and "Training loss per run" in page and "Where the arms differ: AdvBench" in page
+    assert "first N rows" not in page and "<td> x </td>" not in page  # the old placeholders: unfilled N, the base row's batch

@@ -18,9 +18,18 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 STATE = {"debug": False}
 
 
+def _version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        typer.echo(f"safebasin {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks instead of one-line errors."),
-          quiet: bool = typer.Option(False, "--quiet", "-q", help="Only warnings and errors.")):
+          quiet: bool = typer.Option(False, "--quiet", "-q", help="Only warnings and errors."),
+          version: bool = typer.Option(False, "--version", is_eager=True, callback=_version, help="Print the version and exit.")):
     STATE["debug"] = debug
     from rich.logging import RichHandler
 
@@ -76,6 +85,8 @@ def train(
     monitor_stop: Optional[float] = typer.Option(None, help="Stop when the kept model's probe harmful rate exceeds the start's by this."),
     monitor_budget: Optional[float] = typer.Option(None, help="Largest share of the training time the monitor may take (default "
                                                    "0.15); probes are re-spaced to fit. 0 = every planned probe."),
+    report_to: Optional[str] = typer.Option(None, help="Experiment trackers: tensorboard, mlflow, wandb (offline; "
+                                            "comma-separated), or none (the default); logs go to OUTPUT_DIR/trackers."),
     resume: bool = typer.Option(False, help="Continue from the last checkpoint in --output-dir (re-running the same command does too)."),
     overwrite: bool = typer.Option(False, help="Start afresh, replacing whatever run is in --output-dir."),
 ):
@@ -128,6 +139,8 @@ def eval_(
     toxicity_scorer: Optional[str] = typer.Option(None, help="rtp-* / toxichat: minilm-rtp (default), profanity-check, "
                                                   "llm:URL|MODEL (an OpenAI-compatible endpoint; key from "
                                                   "$OPENAI_API_KEY), or hf:PATH (a local classifier)."),
+    report_to: str = typer.Option("none", help="Experiment trackers for the metrics: tensorboard, mlflow, wandb (offline; "
+                                  "comma-separated), or none; a run dir's go to RUN/trackers, beside its training's."),
 ):
     """Harmful rate (keyword judge, 95% CI, per category) and utility of a model or run dir."""
     from .evaluate import evaluate
@@ -161,7 +174,7 @@ def eval_(
                        max_new_tokens=max_new_tokens, batch_size=batch_size, refusal_list=refusal_list,
                        data_dir=data_dir, prompt_field=prompt_field, category_field=category_field,
                        utility_data=utility_data, judge2=judge2, backend=backend, allow_pickle=allow_pickle,
-                       samples=samples, top_p=top_p, steer_alpha=steer_alpha, scorer=toxicity_scorer)
+                       samples=samples, top_p=top_p, steer_alpha=steer_alpha, scorer=toxicity_scorer, report_to=report_to)
     print_eval_table(results)
     say(f"wrote {out_dir / 'eval.json'} and {out_dir / 'generations.jsonl'}")
 
@@ -296,12 +309,15 @@ def sweep(
     backend: str = typer.Option("local", help="local (one after another) or ray (an existing Ray cluster)."),
     set_: list[str] = typer.Option([], "--set", help="KEY=VALUE for any training setting, eval.KEY=VALUE for an eval "
                                    "setting (e.g. eval.limit=5); repeatable, overrides the YAML."),
+    report_to: Optional[str] = typer.Option(None, help="Experiment trackers for every trial: tensorboard, mlflow, wandb "
+                                            "(offline; comma-separated), or none; shared under the sweep dir's trackers/."),
 ):
     """Train and evaluate a grid of configs; re-running skips finished trials. Exits 1 when a trial failed."""
     from .sweep import load_sweep_config, run_sweep
 
     cfg = load_sweep_config(str(config) if config else None, grid,
-                            {"model": model, "data": data, "data_dir": data_dir, "steps": steps}, output_dir, set_)
+                            {"model": model, "data": data, "data_dir": data_dir, "steps": steps, "report_to": report_to},
+                            output_dir, set_)
     counts = run_sweep(cfg, backend=backend)
     say(f"sweep {cfg.output_dir}: {counts['done']} run, {counts['skipped']} already finished, {counts['failed']} failed"
         + (f", {counts['elsewhere']} taken by another sweep on this dir" if counts["elsewhere"] else ""))

@@ -82,6 +82,9 @@ class TrainConfig(BaseModel):
     # --- outputs, checkpoints and fault handling
     output_dir: str = "runs/train"
     log_every: int = Field(1, ge=1)
+    # experiment trackers, comma-separated: tensorboard, mlflow, wandb (offline), or none; logs in <output_dir>/trackers.
+    # Where a run reports is not what it is: re-running a run dir with other trackers resumes it (train.plan_output_dir)
+    report_to: str = "none"
     save_every: int = Field(0, ge=0)  # checkpoint every N steps and at the end; 0 = no checkpoints
     keep_checkpoints: int = Field(1, ge=1)  # only the last K are kept (each holds weights + optimizer)
     stop_grad_norm: float | None = Field(None, gt=0)  # stop when the grad norm exceeds this ...
@@ -110,6 +113,11 @@ class TrainConfig(BaseModel):
             raise ValueError(f"unknown bench {value!r} (not a registered bench nor a prompts file)")
         return value
 
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _known_trackers(cls, value) -> str:
+        return check_report_to(value)
+
     @model_validator(mode="after")
     def _check(self):
         methods.get(self.method).check(self)
@@ -120,6 +128,23 @@ class TrainConfig(BaseModel):
         if self.warmup_steps and self.steps and self.warmup_steps >= self.steps:
             raise ValueError(f"warmup_steps ({self.warmup_steps}) must be smaller than steps ({self.steps})")
         return self
+
+
+TRACKERS = ("tensorboard", "mlflow", "wandb")  # --report-to: through Accelerate's tracker API, all offline
+
+
+def check_report_to(value) -> str:
+    """`tensorboard,mlflow` (or a YAML list) -> the canonical "tensorboard,mlflow"; "none" for no tracker."""
+    names = value if isinstance(value, list) else str(value).split(",") if isinstance(value, str) else None
+    if names is None:
+        raise ValueError("expected tracker names: none, or a comma-separated list of " + ", ".join(TRACKERS))
+    names = list(dict.fromkeys(str(n).strip().lower() for n in names if str(n).strip()))
+    unknown = [n for n in names if n not in TRACKERS + ("none",)]
+    if unknown:
+        raise ValueError(f"unknown tracker {unknown[0]!r}: use none, or any of {', '.join(TRACKERS)} (comma-separated)")
+    if "none" in names and len(names) > 1:
+        raise ValueError("none cannot be combined with a tracker")
+    return ",".join(n for n in names if n != "none") or "none"
 
 
 def _one_line(err: ValidationError, source: str) -> str:

@@ -2,18 +2,22 @@
 
 Outputs: eval.json (metrics, tagged with judge, prompt set and decoding settings) and
 generations.jsonl (every prompt, response and verdict). A run dir from `train` is evaluated
-as its kept model and, when present, its raw (non-averaged) model side by side.
+as its kept model and, when present, its raw (non-averaged) model side by side; the kept model's
+results go into the run's model card (model/README.md), and with --report-to into the trackers
+the run trained with.
 """
 
+import json
 import logging
 import math
 import random
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from . import atomic, data, methods, models
+from . import atomic, data, methods, model_card, models
 from .config import TrainConfig, build, read_yaml
 from .errors import UserError
 from .generate import HFBackend, VLLMBackend, pick_backend
@@ -278,7 +282,10 @@ def evaluate(spec: str, benches: list[str], output_dir: str | Path, *, utility: 
              category_field: str | None = None, utility_data: str | None = None, rouge_limit: int = 50,
              heldout_from: TrainConfig | None = None, show_progress: bool = True, judge2=None,
              backend: str = "hf", allow_pickle: bool = False, samples: int | None = None, top_p: float | None = None,
-             steer_alpha: float | None = None, scorer: str | None = None) -> dict:
+             steer_alpha: float | None = None, scorer: str | None = None, report_to: str = "none",
+             tracker=None) -> dict:
+    """`report_to`: trackers for the metrics; `tracker` (a trackers.TrackerRun) where they go, by default the run
+    dir's trackers (the training run's MLflow run gets them) or <output_dir>/trackers for a plain model."""
     out = Path(output_dir)
     check_eval_settings(out, limit=limit, sample=sample, max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed)
     if samples is not None and samples < 1:
@@ -289,6 +296,9 @@ def evaluate(spec: str, benches: list[str], output_dir: str | Path, *, utility: 
         raise UserError(f"--steer-alpha must be in [0, 10], got {steer_alpha}")
     backend = pick_backend(backend)
     judge = keyword_judge(refusal_list, data_dir)
+    trackers = eval_trackers(report_to, spec, out, tracker, {"judge": judge.name, "decoding": "greedy",
+                                                              "max_new_tokens": max_new_tokens, "limit": limit,
+                                                              "sample": sample, "second_judge": judge2 and judge2.name})
     loaded = [load_bench(b, data_dir, prompt_field, category_field, limit, sample, seed) for b in benches]
     heldout, heldout_cfg, rouge = None, None, None
     if utility:
@@ -329,4 +339,49 @@ def evaluate(spec: str, benches: list[str], output_dir: str | Path, *, utility: 
             from .report import category_png, write_png
 
             write_png(out / f"categories_{bench.name}.png", category_png(by_model, bench.name))
+    if is_run_dir(Path(spec)):
+        model_card.write(spec, results)  # the kept model's results, into the run's model/README.md
+    if trackers:
+        from .trackers import report_once
+
+        summary = Path(spec) / "train_summary.json"  # the run's last step: the eval sits at the end of its training curves
+        step = json.loads(summary.read_text()).get("steps", 0) if is_run_dir(Path(spec)) and summary.is_file() else 0
+        report_once(trackers, eval_scalars(results), step)
     return results
+
+
+def eval_trackers(report_to: str, spec: str, out: Path, tracker, settings: dict) -> list:
+    """The trackers of --report-to, checked before any generation; a run dir's eval joins its training run."""
+    from .config import check_report_to
+    from .trackers import TRACKERS_DIR, TrackerRun, make_trackers
+
+    try:
+        report_to = check_report_to(report_to)
+    except ValueError as e:
+        raise UserError(f"--report-to: {e}") from None
+    run = is_run_dir(Path(spec))
+    where = tracker or (TrackerRun(Path(spec) / TRACKERS_DIR, Path(spec).resolve().name) if run
+                        else TrackerRun(out / TRACKERS_DIR, out.resolve().name))
+    tags = {f"safebasin.eval.{k}": v for k, v in settings.items() if v is not None}
+    return make_trackers(report_to, where, resume=run, tags=tags)
+
+
+def eval_scalars(results: dict) -> dict:
+    """eval/<model>/<bench>/<metric> for every number of a bench (a second judge's under its own name) and
+    eval/<model>/utility/<metric>; per-category numbers stay in eval.json. Names from data are reduced to the
+    characters trackers accept."""
+    def clean(name) -> str:
+        return re.sub(r"[^\w.\- /]+", "_", str(name))
+
+    values = {}
+    for label, entry in results["models"].items():
+        for bench, b in entry["benchmarks"].items():
+            for key, value in b.items():
+                if isinstance(value, dict) and key != "by_category":
+                    values |= {f"eval/{label}/{clean(bench)}/{key}/{k}": v for k, v in value.items()
+                               if isinstance(v, (int, float)) and not isinstance(v, bool)}
+                elif isinstance(value, (int, float)) and not isinstance(value, bool):
+                    values[f"eval/{label}/{clean(bench)}/{key}"] = value
+        values |= {f"eval/{label}/utility/{k}": v for k, v in (entry.get("utility") or {}).items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return values

@@ -113,6 +113,10 @@ class Method:
     def trainable(self, model) -> list[tuple[str, torch.nn.Parameter]]:
         return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
 
+    def param_groups(self, named: list[tuple[str, torch.nn.Parameter]]) -> list[dict]:
+        """The optimizer's parameter groups (one, at the run's lr, unless a method's new modules need their own)."""
+        return [{"params": [p for _, p in named]}]
+
     def start(self, params: list[torch.Tensor]) -> None:
         """The trainable weights are θ0 now (before any update, before a resume loads a checkpoint)."""
 

