@@ -8,6 +8,7 @@ the real one, and the report says so beside every number.
 """
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -107,7 +108,8 @@ def run_kg_demo(cfg: KGDemoConfig, output_dir: str | Path, show_progress: bool =
 
 
 def slug(name: str) -> str:
-    return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-").replace("--", "-")
+    """An arm's run-dir name: "SURGE − retriever (BM25)" -> "surge-retriever-bm25"."""
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
 def differences(generations: list[dict], ours: str = "SURGE", seed: int = 0) -> dict:
