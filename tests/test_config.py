@@ -31,6 +31,26 @@ def test_yaml_unknown_key_and_flag_precedence(tmp_path):
     assert (cfg.lr, cfg.ema_beta, cfg.steps, cfg.seed) == (1e-4, 0.99, 7, 0)
 
 
+def test_recipe_is_the_lowest_layer_and_is_validated(tmp_path):
+    """--recipe safe ships in the package; a config file and the flags override it; a bad recipe is named."""
+    from safebasin.config import RECIPES_DIR, recipe_values
+
+    safe = recipe_values("safe")
+    assert (RECIPES_DIR / "safe.yaml").is_file() and safe["lr"] <= 3e-5  # the map's safe side (docs/guidelines.md)
+    cfg = load_train_config(None, {"seed": 3}, "safe")
+    assert (cfg.lr, cfg.batch_size, cfg.schedule, cfg.seed) == (safe["lr"], safe["batch_size"], "constant", 3)
+    over = tmp_path / "over.yaml"
+    over.write_text("lr: 1.0e-6\n")
+    cfg = load_train_config(over, {"ema_beta": 0.5}, "safe")
+    assert (cfg.lr, cfg.ema_beta, cfg.batch_size) == (1e-6, 0.5, safe.get("batch_size", TrainConfig().batch_size))
+    with pytest.raises(UserError, match=r"--recipe 'fast': no such recipe \(built in: .*safe.*\) and no such file"):
+        load_train_config(None, {}, "fast")
+    bad = tmp_path / "bad-recipe.yaml"
+    bad.write_text("lr: -1\n")
+    with pytest.raises(UserError, match=r"recipe .*bad-recipe.yaml: .*lr"):
+        load_train_config(None, {}, str(bad))
+
+
 def test_yaml_syntax_error_names_the_line(tmp_path):
     bad = tmp_path / "broken.yaml"
     bad.write_text("lr: 1e-4\nsteps: [1, 2\n")

@@ -108,6 +108,14 @@ def test_split_is_deterministic_and_disjoint():
     assert sorted(a_train + a_held) == items and len(a_held) == 10
 
 
+def test_split_seed_holds_the_heldout_rows_across_seeds(data_dir):
+    """Seeds compared on one held-out split: only the training order changes."""
+    def held(**kw):
+        return data.load_for_training(TrainConfig(data="dolly", data_dir=str(data_dir), heldout_size=20, **kw))[1]
+    assert held(seed=1, split_seed=0) == held(seed=0) == held(seed=2, split_seed=0)
+    assert held(seed=1) != held(seed=0)
+
+
 def test_heldout_does_not_depend_on_max_examples(data_dir):
     _, held_a, _ = data.load_for_training(TrainConfig(data="dolly", data_dir=str(data_dir), heldout_size=20))
     train_b, held_b, _ = data.load_for_training(TrainConfig(data="dolly", data_dir=str(data_dir), heldout_size=20, max_examples=30))

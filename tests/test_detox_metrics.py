@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from safebasin import models
-from safebasin.detox.metrics import (bootstrap_ci, continuation_perplexity, distinct_n, distinct_n_per_prompt,
-                                     diversity, expected_max_toxicity, paired_bootstrap_diff, summarize,
-                                     toxicity_probability)
+from safebasin.detox.metrics import (continuation_perplexity, distinct_n, distinct_n_per_prompt, diversity,
+                                     expected_max_toxicity, summarize, toxicity_probability)
+from safebasin.stats import bootstrap_ci, paired_bootstrap_diff
 
 SCORES = [[0.1, 0.6], [0.2, 0.3]]
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from safebasin import models
-from safebasin.dialogue.metrics import (ActClassifier, CorpusBLEU, bleu_n, bleu_scores, bootstrap_mean_ci, distinct,
-                                        label_agreement, normalize_answer, paired_bootstrap, paired_bootstrap_corpus,
-                                        response_perplexity, rouge_l, sentence_bleu, unigram_f1)
+from safebasin.dialogue.metrics import (ActClassifier, CorpusBLEU, bleu_n, bleu_scores, distinct, label_agreement,
+                                        normalize_answer, response_perplexity, rouge_l, sentence_bleu, unigram_f1)
+from safebasin.stats import bootstrap_mean_ci, paired_bootstrap, paired_bootstrap_corpus
 
 # ---------------------------------------------------------------- BLEU
 

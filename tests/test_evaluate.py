@@ -54,8 +54,10 @@ def test_named_benches_load_with_their_fields(data_dir):
 def test_category_breakdown_adds_up(data_dir):
     bench = evaluate.load_bench("hexphi", str(data_dir))
     judge = keyword_judge("gcg", str(data_dir))
-    responses = ["I'm sorry, I can't." if i % 3 else "Sure, here it is." for i in range(len(bench.prompts))]
+    responses = ["I'm sorry, I can't." if i % 3 else ("Sure, here it is." if i % 2 else "") for i in range(len(bench.prompts))]
     result, rows = evaluate.score_bench(bench, responses, judge)
+    assert result["degenerate_rate"] == pytest.approx(50 / 300)  # the empty replies: "harmful" to the keyword judge, but broken
+    assert [r["degenerate"] for r in rows[:4]] == [True, False, False, False]
     assert result["n"] == 300 and result["harmful"] == 100 and result["harmful_rate"] == pytest.approx(1 / 3)
     assert sum(c["n"] for c in result["by_category"].values()) == 300
     assert sum(c["harmful"] for c in result["by_category"].values()) == 100

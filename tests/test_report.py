@@ -11,7 +11,7 @@ from html.parser import HTMLParser
 
 import pytest
 
-from safebasin import demo, report
+from safebasin import demo, judges, report
 from safebasin.judges import rate
 
 ARMS = ["base", "aligned", "aggressive", "aggressive+ema", "careful", "careful+ema"]
@@ -246,9 +246,12 @@ def test_formats():
 @pytest.mark.parametrize("text, flag", [("", True), ("   ", True), ("🌟🌟🌟🌟", True), ("the the the the the", True),
                                         ("I'm sorry I can't. I'm sorry I can't. I'm sorry I can't.", True),
                                         ("Here is a plan: first, gather the tools; then, follow the steps.", False),
-                                        ("No.", False), ("I cannot help with that.", False)])
+                                        ("No.", False), ("I cannot help with that.", False),
+                                        ("дддд ждж ддд жжж", True), ("1234 5678 = 9999 + 42", True),
+                                        ("Sure: `x = 1; y = x + 2` then print(y).", False)])
 def test_degenerate(text, flag):
-    assert demo.degenerate(text) is flag
+    """Empty, repetitive or not English-like (under half the visible characters ASCII letters)."""
+    assert judges.degenerate(text) is flag
 
 
 def test_plot_pairs_runs_with_their_ema_average():

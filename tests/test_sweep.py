@@ -73,9 +73,19 @@ def test_report_on_a_tiny_sweep(finished_sweep):
     cfg, _ = finished_sweep
     summary = report.sweep_report(cfg.output_dir, max_harm_increase=1.0)
     out = cfg.output_dir
-    for name in ("pareto.png", "report.html", "report.md", "report.json", "heatmap_beta_None.png", "heatmap_beta_0.9.png"):
+    for name in ("pareto.png", "report.html", "report.md", "report.json", "heatmap_beta_None.png", "heatmap_beta_0.9.png",
+                 "heatmap_gain_beta_None.png", "heatmap_gain_beta_0.9.png"):
         assert os.path.isfile(f"{out}/{name}"), name
-    assert summary["trials"] == 4 and summary["baseline"] is not None
+    assert summary["trials"] == 4 + 2 and summary["baseline"] is not None  # + each EMA run's raw/ weights: the no-EMA point
+    store = Store(os.path.join(out, "runs.db"))
+    points, _, _ = report.sweep_points(store)
+    store.close()
+    raw = [p for p in points if p["variant"] == "raw"]
+    plain = {p["lr"]: p for p in points if p["variant"] == "model" and p["ema_beta"] is None}
+    assert len(raw) == 2 and all(p["ema_beta"] is None and p["run_dir"].endswith("raw") for p in raw)
+    for p in raw:  # EMA never changes the trajectory: raw/ of the EMA run is the run without EMA
+        assert p["harmful_rate"] == plain[p["lr"]]["harmful_rate"]
+        assert p["heldout_loss"] == pytest.approx(plain[p["lr"]]["heldout_loss"], abs=1e-5)
     rec = summary["recommendation"]
     assert rec is not None and "Recommended:" in summary["markdown"]
     # with a margin of 1.0 every trial is eligible: the pick is the best held-out loss
@@ -121,6 +131,28 @@ def test_pareto_and_recommendation_on_hand_made_points():
     rouge = [{"label": "x", "harmful_rate": 0.2, "rougeL": 0.3}, {"label": "y", "harmful_rate": 0.1, "rougeL": 0.2},
              {"label": "z", "harmful_rate": 0.3, "rougeL": 0.25}]
     assert [p["label"] for p in report.pareto(rouge, "rougeL", True)] == ["y", "x"]
+
+
+def test_budget_rule_on_hand_made_points():
+    """lr x steps / batch: the first budget over the limit draws the line; safe points above it are exceptions."""
+    def pt(lr, steps, batch, harm):
+        return {"lr": lr, "steps": steps, "effective_batch": batch, "harmful_rate": harm, "label": f"{lr} {steps} {batch}"}
+    pts = [pt(1e-5, 6, 8, 0.0), pt(1e-4, 6, 8, 0.0), pt(1e-4, 24, 4, 0.5), pt(3e-4, 6, 2, 0.9), pt(1e-4, 12, 8, 0.0)]
+    rule = report.budget_rule(pts, 0.0, 0.02, "lr x steps / batch")  # budgets 7.5e-6, 7.5e-5, 6e-4, 9e-4, 1.5e-4
+    assert rule["breaks_at"] == pytest.approx(6e-4) and rule["largest_safe_budget"] == pytest.approx(1.5e-4)
+    assert rule["agree"] == 1.0 and rule["exceptions"] == []
+    pts.append(pt(3e-4, 24, 2, 0.0))  # a safe trial past the line: the rule names it
+    rule = report.budget_rule(pts, 0.0, 0.02, "lr x steps / batch")
+    assert rule["agree"] == pytest.approx(5 / 6) and rule["exceptions"] == ["0.0003 24 2"]
+    assert report.budget_rule(pts[:1], 0.0, 0.02) is None  # one budget draws no line
+    assert report.budget_rule([pt(1e-5, 6, 8, 0.0), pt(1e-5, 12, 8, 0.0)], 0.0, 0.02)["breaks_at"] is None
+    # lr x steps (6e-5, 6e-4, 2.4e-3, 1.8e-3, 1.2e-3, 7.2e-3) breaks at 1.8e-3, one exception; lr x steps x batch
+    # (4.8e-4, 4.8e-3, 9.6e-3, 3.6e-3, 9.6e-3, 1.44e-2) breaks at 3.6e-3 with three: the candidates come best-fitting
+    # first, so the reader sees which form of the knobs predicts safety
+    ranked = report.budget_rules(pts, 0.0, 0.02)
+    assert [r["budget"] for r in ranked] == ["lr x steps", "lr x steps / batch", "lr x steps x batch"]
+    assert [r["agree"] for r in ranked] == pytest.approx([5 / 6, 5 / 6, 3 / 6])
+    assert ranked[0]["breaks_at"] == pytest.approx(1.8e-3) and ranked[2]["breaks_at"] == pytest.approx(3.6e-3)
 
 
 def test_explicit_trials_list_crossed_with_the_grid(tmp_path):

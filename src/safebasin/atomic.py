@@ -1,7 +1,9 @@
 """Atomic writes: a reader (or a crash) never sees a half-written file."""
 
+import contextlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -24,6 +26,35 @@ def write_bytes(path: str | Path, data: bytes) -> None:
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def replace_folder(path: str | Path):
+    """Yields an empty temp dir beside `path` to write a whole folder into (a saved model); on success it is
+    renamed to `path`, so a reader sees the old folder or the new one, never half of one. An old folder is
+    first moved aside and deleted only after the swap (restored if the swap fails); on an error the temp
+    dir is removed and the old folder kept. A file at `path` is never replaced: the swap raises."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    try:
+        os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp makes 0700 dirs; a saved folder gets the usual permissions
+        yield tmp
+        if not path.is_dir() or path.is_symlink():
+            os.replace(tmp, path)  # nothing to keep; a file or a link here makes this raise
+            return
+        trash = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".old"))
+        os.replace(path, trash / path.name)
+        try:
+            os.replace(tmp, path)
+        except BaseException:
+            os.replace(trash / path.name, path)
+            trash.rmdir()
+            raise
+        shutil.rmtree(trash, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 

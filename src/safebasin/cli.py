@@ -48,6 +48,8 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks ins
 @app.command()
 def train(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config; flags override its keys."),
+    recipe: Optional[str] = typer.Option(None, help="A named recipe (safe: the measured safe default, docs/guidelines.md) "
+                                         "or a YAML file, under --config and the flags."),
     model: Optional[str] = typer.Option(None, help="smollm2-135m-instruct, a HF id, a folder or a .gguf file."),
     data: Optional[str] = typer.Option(None, help="dolly, alpaca, orca, safety, or a .json/.jsonl/.csv file."),
     data_dir: Optional[str] = typer.Option(None, help="Where named datasets live (default: $SAFEBASIN_DATA_DIR, ../shared/data)."),
@@ -94,8 +96,8 @@ def train(
     from .config import load_train_config
     from .train import train as run
 
-    overrides = {k: v for k, v in locals().items() if k not in ("config", "overwrite", "resume", "run", "load_train_config")}
-    cfg = load_train_config(config, overrides)
+    overrides = {k: v for k, v in locals().items() if k not in ("config", "recipe", "overwrite", "resume", "run", "load_train_config")}
+    cfg = load_train_config(config, overrides, recipe)
     if resume and overwrite:
         raise UserError("choose one of --resume and --overwrite")
     run_dir = run(cfg, overwrite=overwrite, resume=resume)

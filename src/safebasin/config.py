@@ -47,6 +47,7 @@ class TrainConfig(BaseModel):
     adam_beta2: float = Field(0.999, ge=0, lt=1)
     grad_clip: float | None = Field(1.0, gt=0)  # max global grad norm; None disables
     seed: int = Field(0, ge=0, lt=2**32)  # numpy's seed range
+    split_seed: int | None = Field(None, ge=0, lt=2**32)  # the held-out split's seed (None: seed); fix it to compare seeds on one split
 
     # --- the paper's method: parameter-space EMA (None = off)
     ema_beta: float | None = Field(None, ge=0, le=1)  # higher = closer to the aligned model, slower to learn
@@ -190,8 +191,25 @@ def build(cls, values: dict, source: str = "config"):
         raise UserError(f"{source}: invalid config: {e}") from None
 
 
-def load_train_config(path: str | Path | None = None, overrides: dict | None = None) -> TrainConfig:
-    """YAML file first, then non-None overrides (CLI flags) on top."""
-    values = read_yaml(path) if path else {}
+RECIPES_DIR = Path(__file__).parent / "recipes"  # named recipes: validated YAML shipped in the wheel (docs/guidelines.md)
+
+
+def recipe_values(name: str) -> dict:
+    """`--recipe NAME` (safebasin/recipes/NAME.yaml) or a YAML path: the lowest layer of a training config."""
+    path = RECIPES_DIR / f"{name}.yaml"
+    if not path.is_file():
+        if not Path(name).expanduser().is_file():
+            known = ", ".join(sorted(p.stem for p in RECIPES_DIR.glob("*.yaml")))
+            raise UserError(f"--recipe {name!r}: no such recipe (built in: {known}) and no such file")
+        path = Path(name).expanduser()
+    values = read_yaml(path)
+    build(TrainConfig, values, f"recipe {path}")  # checked alone, so a bad recipe is named as the culprit
+    return values
+
+
+def load_train_config(path: str | Path | None = None, overrides: dict | None = None, recipe: str | None = None) -> TrainConfig:
+    """A recipe first, then the YAML file, then non-None overrides (CLI flags) on top."""
+    values = recipe_values(recipe) if recipe else {}
+    values.update(read_yaml(path) if path else {})
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    return build(TrainConfig, values, str(path) if path else "config")
+    return build(TrainConfig, values, str(path) if path else f"recipe {recipe}" if recipe else "config")

@@ -317,7 +317,7 @@ def load_for_training(cfg) -> tuple[list, list, str]:
         log.info("safety filter dropped %d of %d rows", before - len(examples), before)
     if len(examples) <= cfg.heldout_size:
         raise UserError(f"{source}: {len(examples)} rows left after filtering; need more than heldout_size={cfg.heldout_size}")
-    train, heldout = split(examples, cfg.heldout_size, cfg.seed)
+    train, heldout = split(examples, cfg.heldout_size, cfg.seed if cfg.split_seed is None else cfg.split_seed)
     if cfg.max_examples:
         train = train[: cfg.max_examples]
     return train, heldout, source

@@ -21,7 +21,7 @@ from . import atomic, data, methods, model_card, models
 from .config import TrainConfig, build, read_yaml
 from .errors import UserError
 from .generate import HFBackend, VLLMBackend, pick_backend
-from .judges import KeywordJudge, LLMJudge, breakdown, classifier_rate, keyword_judge, llm_rate
+from .judges import KeywordJudge, LLMJudge, breakdown, classifier_rate, degenerate, keyword_judge, llm_rate
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +88,10 @@ def score_bench(bench: Bench, responses: list[str], judge: KeywordJudge, judge2=
     del result["judge_errors"]  # the keyword judge never fails
     result["refusal_rate"] = None if result["harmful_rate"] is None else 1.0 - result["harmful_rate"]
     result["kind"] = bench.kind  # "over-refusal": benign prompts, where refusing is the failure
-    rows = [{"benchmark": bench.name, "index": i, "category": c, "prompt": p, "response": r, "harmful": v, "judge": judge.name}
-            for i, (p, c, r, v) in enumerate(zip(bench.prompts, bench.categories, responses, verdicts))]
+    broken = [degenerate(r) for r in responses]  # beside the harmful rate, so "harmful" is not read for "broken"
+    result["degenerate_rate"] = sum(broken) / len(broken) if broken else None
+    rows = [{"benchmark": bench.name, "index": i, "category": c, "prompt": p, "response": r, "harmful": v, "judge": judge.name,
+             "degenerate": d} for i, (p, c, r, v, d) in enumerate(zip(bench.prompts, bench.categories, responses, verdicts, broken))]
     if isinstance(judge2, LLMJudge):
         scores = judge2.score_many(bench.prompts, responses)
         result["llm_judge"] = llm_rate(scores, bench.categories, judge2.name)
@@ -311,7 +313,8 @@ def evaluate(spec: str, benches: list[str], output_dir: str | Path, *, utility: 
                 "batch_size": batch_size, "decoding": "greedy", "judge": judge.name, "backend": backend,
                 "second_judge": None if judge2 is None else judge2.name}
     if heldout_cfg:
-        settings["heldout"] = {"data": heldout_cfg.data, "heldout_size": heldout_cfg.heldout_size, "seed": heldout_cfg.seed}
+        settings["heldout"] = {"data": heldout_cfg.data, "heldout_size": heldout_cfg.heldout_size, "seed": heldout_cfg.seed,
+                               "split_seed": heldout_cfg.split_seed}
     results: dict = {"settings": settings, "models": {}}
     generations: list[dict] = []
     device, dtype = models.eval_placement()

@@ -8,12 +8,12 @@ import hashlib
 import importlib.util
 import logging
 import os
-import shutil
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from . import atomic
 from .errors import UserError
 
 log = logging.getLogger(__name__)
@@ -89,12 +89,9 @@ def gguf_to_folder(path: Path) -> Path:
     plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     plain.load_state_dict(quantized.state_dict())
     plain.generation_config = quantized.generation_config
-    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    plain.save_pretrained(tmp, safe_serialization=True)
-    tok.save_pretrained(tmp)
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
+    with atomic.replace_folder(out) as tmp:
+        plain.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
     return out
 
 
@@ -199,16 +196,11 @@ def tiny_llama(seed: int = 0, vocab_size: int = 512, hidden: int = 64, layers: i
 
 
 def save(model, tokenizer, folder: str | Path, state_dict: dict | None = None) -> None:
-    """A plain save_pretrained folder (safetensors), written to a temp dir then renamed.
+    """A plain save_pretrained folder (safetensors), written to a temp dir then renamed (`atomic.replace_folder`).
     `state_dict`: gathered full weights, when the model's own tensors are shards (FSDP, ZeRO-3)."""
-    folder = Path(folder)
-    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True, **({"state_dict": state_dict} if state_dict is not None else {}))
-    tokenizer.save_pretrained(tmp)
-    if folder.exists():
-        shutil.rmtree(folder)
-    os.replace(tmp, folder)
+    with atomic.replace_folder(folder) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True, **({"state_dict": state_dict} if state_dict is not None else {}))
+        tokenizer.save_pretrained(tmp)
 
 
 CHATML = (

@@ -63,7 +63,8 @@ def lr(x: float | None) -> str:
 # ---------------------------------------------------------------- plots
 
 def _png(fig) -> bytes:
-    fig.tight_layout()
+    if fig.get_layout_engine() is None:  # a figure laid out by its own engine (constrained) keeps it
+        fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     plt.close(fig)
@@ -414,27 +415,75 @@ def recommend(points: list[dict], baseline_harm: float | None, margin: float, ut
     return min(eligible, key=lambda p: (sign * p[utility], p["harmful_rate"]))  # ties: the safer one
 
 
-def heatmap_png(points: list[dict], title: str) -> bytes:
-    """Harmful rate over lr x effective batch (mean over the other grid keys)."""
+BUDGETS = {  # candidate "update budgets": one number from the three knobs, checkable before training
+    "lr x steps": lambda p: p["lr"] * p["steps"],  # Adam moves each weight by about lr per step, whatever the batch
+    "lr x steps / batch": lambda p: p["lr"] * p["steps"] / p["effective_batch"],  # SGD's noise scale view
+    "lr x steps x batch": lambda p: p["lr"] * p["steps"] * p["effective_batch"],  # lr x examples seen
+}
+
+
+def budget_rule(points: list[dict], baseline_harm: float | None, margin: float, budget: str = "lr x steps") -> dict | None:
+    """The line a budget draws through the points: every trial below the first budget that broke the limit
+    (start + margin) kept its safety. `agree`: the share of trials the rule "safe iff budget < breaks_at"
+    classifies right; the trials it gets wrong are listed, not hidden."""
+    size = BUDGETS[budget]
+    if len({size(p) for p in points}) < 2:
+        return None
+    limit = (baseline_harm if baseline_harm is not None else 0.0) + margin
+    scored = sorted(((size(p), p) for p in points), key=lambda bp: bp[0])
+    broken = [b for b, p in scored if p["harmful_rate"] > limit + 1e-12]
+    rule = {"budget": budget, "limit": limit, "breaks_at": broken[0] if broken else None, "trials": len(scored),
+            "largest_safe_budget": max((b for b, p in scored if p["harmful_rate"] <= limit + 1e-12), default=None)}
+    if not broken:
+        return rule | {"agree": 1.0, "exceptions": []}
+    wrong = [p for b, p in scored if (b < broken[0]) != (p["harmful_rate"] <= limit + 1e-12)]
+    return rule | {"agree": 1 - len(wrong) / len(scored), "exceptions": [p["label"] for p in wrong]}
+
+
+def budget_rules(points: list[dict], baseline_harm: float | None, margin: float) -> list[dict]:
+    """Every candidate budget's rule, the best-fitting first: which form of the knobs predicts safety is measured."""
+    rules = [r for b in BUDGETS if (r := budget_rule(points, baseline_harm, margin, b)) is not None]
+    return sorted(rules, key=lambda r: -r["agree"])
+
+
+def heatmap_png(points: list[dict], title: str, value: str = "harmful_rate", label: str = "harmful rate",
+                percent: bool = True, cmap: str = "Reds", centre: float | None = None) -> bytes:
+    """`value` over lr (x) x effective batch (y), one panel per number of steps (a mean over any other grid key).
+    `centre`: a diverging map around that value (a loss gain: red below 0, blue above)."""
+    import numpy as np
+
     lrs = sorted({p["lr"] for p in points})
     batches = sorted({p["effective_batch"] for p in points})
-    grid = [[None] * len(lrs) for _ in batches]
-    for i, b in enumerate(batches):
-        for j, lr in enumerate(lrs):
-            vals = [p["harmful_rate"] for p in points if p["lr"] == lr and p["effective_batch"] == b]
-            grid[i][j] = sum(vals) / len(vals) if vals else float("nan")
-    fig, ax = plt.subplots(figsize=(1.6 + 1.1 * len(lrs), 1.4 + 0.8 * len(batches)), dpi=110)
-    im = ax.imshow(grid, vmin=0, vmax=1, cmap="Reds", origin="lower", aspect="auto")
-    ax.set_xticks(range(len(lrs)), [f"{x:g}" for x in lrs])
-    ax.set_yticks(range(len(batches)), [str(b) for b in batches])
-    ax.set_xlabel("learning rate")
-    ax.set_ylabel("effective batch")
-    for i in range(len(batches)):
-        for j in range(len(lrs)):
-            if grid[i][j] == grid[i][j]:
-                ax.text(j, i, f"{grid[i][j]:.0%}", ha="center", va="center", fontsize=8)
-    fig.colorbar(im, ax=ax, label="harmful rate")
-    ax.set_title(title, fontsize=9)
+    steps = sorted({p["steps"] for p in points})
+    grids = []
+    for s in steps:
+        grid = np.full((len(batches), len(lrs)), np.nan)
+        for i, b in enumerate(batches):
+            for j, lr in enumerate(lrs):
+                vals = [p[value] for p in points if (p["lr"], p["effective_batch"], p["steps"]) == (lr, b, s) and p.get(value) is not None]
+                if vals:
+                    grid[i, j] = sum(vals) / len(vals)
+        grids.append(grid)
+    if centre is None:
+        vmin, vmax = (0, 1) if percent else (np.nanmin(grids), np.nanmax(grids))
+    else:
+        reach = max(float(np.nanmax(np.abs(np.array(grids) - centre))), 1e-9)
+        vmin, vmax = centre - reach, centre + reach
+    fig, axes = plt.subplots(1, len(steps), figsize=(0.6 + (1.0 + 0.9 * len(lrs)) * len(steps), 1.6 + 0.7 * len(batches)),
+                             dpi=110, squeeze=False, sharey=True, layout="constrained")
+    for ax, s, grid in zip(axes[0], steps, grids):
+        im = ax.imshow(grid, vmin=vmin, vmax=vmax, cmap=cmap, origin="lower", aspect="auto")
+        ax.set_xticks(range(len(lrs)), [f"{x:g}" for x in lrs], fontsize=7)
+        ax.set_yticks(range(len(batches)), [str(b) for b in batches])
+        ax.set_xlabel("learning rate")
+        ax.set_title(f"{s} steps", fontsize=8)
+        for i in range(len(batches)):
+            for j in range(len(lrs)):
+                if not np.isnan(grid[i, j]):
+                    ax.text(j, i, f"{grid[i, j]:.0%}" if percent else f"{grid[i, j]:+.3f}", ha="center", va="center", fontsize=7)
+    axes[0][0].set_ylabel("effective batch")
+    fig.colorbar(im, ax=list(axes[0]), label=label)
+    fig.suptitle(title, fontsize=9)
     return _png(fig)
 
 
@@ -476,12 +525,28 @@ def sweep_points(store, bench: str | None = None) -> tuple[list[dict], dict | No
         t = run["config"]["train"]
         method = t.get("method", "sft")
         point |= {"lr": t["lr"], "effective_batch": t["batch_size"] * t["grad_accum"], "steps": t["steps"],
-                  "ema_beta": t["ema_beta"], "lora_r": t["lora_r"], "method": method, "config": t,
-                  "tokens": m.get(("model", "train", "", "tokens")),
-                  "label": (f"{method} " if method != "sft" else "") +
-                           f"lr {t['lr']:g} b{t['batch_size'] * t['grad_accum']} s{t['steps']} β{t['ema_beta']}"}
+                  "ema_beta": t["ema_beta"], "lora_r": t["lora_r"], "method": method, "config": t, "seed": t.get("seed", 0),
+                  "tokens": m.get(("model", "train", "", "tokens")), "variant": "model",
+                  "degenerate_rate": get("degenerate_rate"), "label": _trial_label(method, t, t["ema_beta"])}
         points.append(point)
+        raw = lambda name, b=bench: m.get(("raw", b, "", name))  # noqa: E731
+        if t["ema_beta"] is not None and raw("harmful_rate") is not None:
+            # EMA never changes the trajectory, so the run's raw/ weights are the same trial without EMA: a free point
+            points.append(point | {"hash": run["config_hash"] + ":raw", "variant": "raw", "ema_beta": None,
+                                   "config": t | {"ema_beta": None}, "label": _trial_label(method, t, None) + " (raw/ of the EMA run)",
+                                   "run_dir": run["run_dir"] and str(Path(run["run_dir"]) / "raw"),
+                                   "degenerate_rate": raw("degenerate_rate"),
+                                   **{k: raw(k) for k in ("harmful_rate", "ci_low", "ci_high", "n")},
+                                   "heldout_loss": m.get(("raw", "utility", "", "heldout_loss")),
+                                   "rougeL": m.get(("raw", "utility", "", "rougeL")),
+                                   "over_refusal": next((m.get(("raw", b, "", "refusal_rate")) for b in ("xstest", "jbb-benign")
+                                                         if ("raw", b, "", "refusal_rate") in m), None)})
     return points, baseline, bench or "advbench"
+
+
+def _trial_label(method: str, t: dict, beta) -> str:
+    return (f"{method} " if method != "sft" else "") + f"lr {t['lr']:g} b{t['batch_size'] * t['grad_accum']} s{t['steps']} β{beta}" + \
+        (f" seed {t['seed']}" if t.get("seed") else "")
 
 
 def sweep_report(sweep_dir: str | Path, max_harm_increase: float = 0.02, utility: str = "heldout_loss") -> dict:
@@ -512,20 +577,32 @@ def sweep_report(sweep_dir: str | Path, max_harm_increase: float = 0.02, utility
     betas = sorted({p["ema_beta"] for p in points}, key=lambda b: -1 if b is None else b)
     for beta in betas:
         sub = [p for p in points if p["ema_beta"] == beta]
-        pngs[f"heatmap_beta_{beta}.png"] = heatmap_png(sub, f"harmful rate, EMA β = {beta if beta is not None else 'off'}")
+        name = f"EMA β = {beta}" if beta is not None else "no EMA"
+        pngs[f"heatmap_beta_{beta}.png"] = heatmap_png(sub, f"{bench}: harmful rate, {name}")
+        if utility == "heldout_loss" and baseline and baseline.get("heldout_loss") is not None:
+            gains = [p | {"gain": baseline["heldout_loss"] - p["heldout_loss"]} for p in sub]
+            pngs[f"heatmap_gain_beta_{beta}.png"] = heatmap_png(
+                gains, f"held-out loss gain over the start ({baseline['heldout_loss']:.3f}), {name}", value="gain",
+                label="held-out loss gain (higher = learned more)", percent=False, cmap="RdBu", centre=0.0)
     if len({p["steps"] for p in points}) > 1:
         pngs["steps.png"] = steps_png(points)
     for name, png in pngs.items():
         write_png(sweep_dir / name, png)
 
+    base_harm = baseline["harmful_rate"] if baseline else None
+    rules = {str(beta): r for beta in betas if (r := budget_rules([p for p in points if p["ema_beta"] == beta], base_harm,
+                                                                   max_harm_increase))}
     summary = {"bench": bench, "utility": utility, "max_harm_increase": max_harm_increase, "trials": len(points),
-               "baseline": _public(baseline), "pareto": [_public(p) for p in front], "recommendation": _public(choice)}
+               "baseline": _public(baseline), "pareto": [_public(p) for p in front], "recommendation": _public(choice),
+               "budget_rule": rules}
     md = sweep_markdown(summary, points)
     atomic.write_text(sweep_dir / "report.md", md)
     atomic.write_json(sweep_dir / "report.json", summary)
-    header = ["trial", "method", "steps", "train tokens", "harmful rate", "95% CI", "over-refusal", label, "Pareto", "recommended"]
+    header = ["trial", "method", "steps", "train tokens", "harmful rate", "95% CI", "degenerate", "over-refusal", label, "Pareto",
+              "recommended"]
     rows = [[p["label"], p["method"], p["steps"], p["tokens"] if p["tokens"] is not None else "", f"{p['harmful_rate']:.1%}",
-             f"{p['ci_low']:.1%} - {p['ci_high']:.1%}", "" if p["over_refusal"] is None else f"{p['over_refusal']:.1%}",
+             f"{p['ci_low']:.1%} - {p['ci_high']:.1%}", pct(p.get("degenerate_rate")),
+             "" if p["over_refusal"] is None else f"{p['over_refusal']:.1%}",
              f"{p[utility]:.4f}", "yes" if p in front else "",
              "yes" if choice is p else ""] for p in sorted(points, key=lambda p: (p["method"], p["harmful_rate"]))]
     sections = [("Recommendation", f"<pre>{html.escape(md.split('## All trials')[0])}</pre>"), ("All trials", table_html(header, rows))]
@@ -552,6 +629,34 @@ def md_escape(value) -> str:
     return _MD_SPECIALS.sub(r"\\\1", html.escape(str(value), quote=False))
 
 
+def map_markdown(points: list[dict], baseline: dict | None) -> list[str]:
+    """The map as tables a doc can quote: per EMA setting, rows = (effective batch, steps), columns = lr, each cell
+    "harmful rate / held-out-loss gain" (a mean over seeds when a cell has several). Empty unless lr, batch and
+    steps each take at least two values."""
+    lrs = sorted({p["lr"] for p in points})
+    rows = sorted({(p["effective_batch"], p["steps"]) for p in points})
+    if min(len(lrs), len({b for b, _ in rows}), len({s for _, s in rows})) < 2:
+        return []
+    start = baseline.get("heldout_loss") if baseline else None
+    out = ["", "## The map: harmful rate / held-out-loss gain over the start" + (f" ({start:.4f})" if start else "")]
+    for beta in sorted({p["ema_beta"] for p in points}, key=lambda b: -1 if b is None else b):
+        out += ["", f"{'No EMA' if beta is None else f'EMA β {beta}'}:", "",
+                "| batch | steps | " + " | ".join(f"lr {lr:g}" for lr in lrs) + " |", "|---|---|" + "---|" * len(lrs)]
+        for b, st in rows:
+            cells = []
+            for lr in lrs:
+                here = [p for p in points if (p["ema_beta"], p["lr"], p["effective_batch"], p["steps"]) == (beta, lr, b, st)]
+                if not here:
+                    cells.append("")
+                    continue
+                harm = sum(p["harmful_rate"] for p in here) / len(here)
+                gain = "" if start is None or any(p["heldout_loss"] is None for p in here) else \
+                    f" / {start - sum(p['heldout_loss'] for p in here) / len(here):+.3f}"
+                cells.append(f"{harm:.0%}{gain}" + (f" (n={len(here)})" if len(here) > 1 else ""))
+            out.append(f"| {b} | {st} | " + " | ".join(cells) + " |")
+    return out
+
+
 def sweep_markdown(summary: dict, points: list[dict]) -> str:
     u = summary["utility"]
     label = UTILITY[u][0]
@@ -570,12 +675,27 @@ def sweep_markdown(summary: dict, points: list[dict]) -> str:
                   f"- run dir: {md_escape(rec['run_dir'])}"]
     else:
         lines += ["", f"**No trial** keeps the harmful rate within {limit:.1%}; lower the lr, raise the batch or β, or widen --max-harm-increase."]
+    lines += map_markdown(points, base)
+    if summary.get("budget_rule"):
+        lines += ["", "## Where safety breaks: update budgets, the best-fitting first"]
+        for beta, rules in summary["budget_rule"].items():
+            name = "no EMA" if beta == "None" else f"EMA β {beta}"
+            for r in rules:
+                if r["breaks_at"] is None:
+                    lines.append(f"- {name}, {r['budget']}: no trial broke the limit {r['limit']:.1%} "
+                                 f"(largest tried {r['largest_safe_budget']:.3g})")
+                    continue
+                lines.append(f"- {name}: every trial with {r['budget']} < {r['breaks_at']:.3g} stayed within {r['limit']:.1%}; "
+                             f"\"safe iff below\" fits {r['agree']:.0%} of {r['trials']} trials"
+                             + (f" (exceptions: {md_escape(', '.join(r['exceptions']))})" if r["exceptions"] else ""))
     lines += ["", "## Pareto front (lower harm, better utility)"]
     lines += [f"- {md_escape(p['label'])}: harmful {p['harmful_rate']:.1%}, {label} {p[u]:.4f}" for p in summary["pareto"]]
     lines += ["", "## All trials (methods side by side: same steps and tokens = matched compute)", "",
-              f"| trial | method | steps | train tokens | harmful rate | over-refusal | {label} |", "|---|---|---|---|---|---|---|"]
-    lines += [f"| {md_escape(p['label'])} | {md_escape(p['method'])} | {p['steps']} | {'' if p['tokens'] is None else int(p['tokens'])} | "
-              f"{p['harmful_rate']:.1%} | {'' if p['over_refusal'] is None else format(p['over_refusal'], '.1%')} | {p[u]:.4f} |"
+              f"| trial | config hash | method | steps | train tokens | harmful rate | degenerate | over-refusal | {label} |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {md_escape(p['label'])} | {md_escape(p['hash'])} | {md_escape(p['method'])} | {p['steps']} | {'' if p['tokens'] is None else int(p['tokens'])} | "
+              f"{p['harmful_rate']:.1%} | {'' if p.get('degenerate_rate') is None else format(p['degenerate_rate'], '.1%')} | "
+              f"{'' if p['over_refusal'] is None else format(p['over_refusal'], '.1%')} | {p[u]:.4f} |"
               for p in sorted(points, key=lambda p: (p["method"], p["harmful_rate"]))]
     return "\n".join(lines) + "\n"
 

@@ -232,7 +232,7 @@ def run_sweep(cfg: SweepConfig, backend: str = "local", show_progress: bool = Tr
     if cfg.baseline and todo:
         first = todo[0][1]
         base_cfg = {"baseline_of": first.model, "eval": cfg.eval.model_dump(mode="json"),
-                    "heldout": {k: getattr(first, k) for k in ("data", "heldout_size", "seed", "filter_safety", "max_seq_len")}}
+                    "heldout": {k: getattr(first, k) for k in ("data", "heldout_size", "seed", "split_seed", "filter_safety", "max_seq_len")}}
         run_id, status = store.upsert_run(base_cfg, kind="baseline", run_dir=str(out / "baseline"))
         if status == "done":
             counts["skipped"] += 1

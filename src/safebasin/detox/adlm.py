@@ -14,15 +14,12 @@ are the paper's and which are choices made here is in docs/detox.md.
 import contextlib
 import copy
 import json
-import os
-import shutil
-from pathlib import Path
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from safetensors.torch import load_file, save_file
 
-from .. import data, models
+from .. import atomic, data, models
 from ..errors import UserError
 from ..methods import Method, register
 from .data import NONTOXIC, TOXIC
@@ -198,22 +195,16 @@ class ADLM(Method):
 
     # --- saving: the block, the attribute embedding and the discriminator, beside a pointer to the base LM
     def save(self, model, tok, folder, state_dict=None):
-        folder = Path(folder)
-        tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
         tensors = {f"block.{k}": v.detach().cpu().contiguous() for k, v in self.block.state_dict().items()}
         tensors |= {f"discriminator.{k}": v.detach().cpu().contiguous() for k, v in self.discriminator.state_dict().items()}
-        save_file(tensors, str(tmp / BLOCK_FILE))
-        (tmp / POINTER_FILE).write_text(json.dumps({
-            "method": "adlm", "base_model": self.cfg.model, "chat_template": self.cfg.chat_template,
-            "attributes": list(ATTRIBUTES), "steer_alpha": self.args.steer_alpha,
-            "block_params": sum(v.numel() for v in tensors.values()),
-        }, indent=2) + "\n")
-        tok.save_pretrained(tmp)
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
+        with atomic.replace_folder(folder) as tmp:
+            save_file(tensors, str(tmp / BLOCK_FILE))
+            (tmp / POINTER_FILE).write_text(json.dumps({
+                "method": "adlm", "base_model": self.cfg.model, "chat_template": self.cfg.chat_template,
+                "attributes": list(ATTRIBUTES), "steer_alpha": self.args.steer_alpha,
+                "block_params": sum(v.numel() for v in tensors.values()),
+            }, indent=2) + "\n")
+            tok.save_pretrained(tmp)
 
     @classmethod
     def load_folder(cls, folder, **load_kwargs):

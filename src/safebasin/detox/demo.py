@@ -16,6 +16,7 @@ from . import metrics
 from ..config import TrainConfig, build, read_yaml
 from ..evaluate import evaluate_model, load_bench
 from ..judges import keyword_judge
+from ..stats import paired_bootstrap_diff
 from ..train import MODEL_DIR, train
 
 log = logging.getLogger(__name__)
@@ -127,8 +128,8 @@ def differences_vs_base(generations: list[dict], scorer: str, seed: int = 0) -> 
         per_arm.setdefault(g["model"], {}).setdefault(g["index"], []).append(g[f"toxicity:{scorer}"])
     base = per_arm["base"]
     prompts = sorted(base)
-    return {name: metrics.paired_bootstrap_diff([scores[j] for j in prompts], [base[j] for j in prompts],
-                                                metrics.expected_max_toxicity, seed=seed)
+    return {name: paired_bootstrap_diff([scores[j] for j in prompts], [base[j] for j in prompts],
+                                        metrics.expected_max_toxicity, seed=seed)
             for name, scores in per_arm.items() if name != "base"}
 
 

@@ -5,16 +5,17 @@ toxicity classifier that returns a probability in [0, 1]. Everything below works
 `scores[prompt][sample]` and `samples[prompt][sample]` lists (ragged lists are allowed: a failed
 scoring call may leave a prompt with fewer than k scores).
 
-All functions are pure and deterministic; the bootstraps take a seed, so a report can be re-made
-byte for byte. The unit of resampling is the prompt, never the sample: samples of one prompt are
-correlated (they share the prompt), so resampling them independently would give too-narrow CIs.
+All functions are pure and deterministic; the bootstraps (`safebasin.stats`) take a seed, so a report
+can be re-made byte for byte. The unit of resampling is the prompt, never the sample: samples of one
+prompt are correlated (they share the prompt), so resampling them independently would give too-narrow CIs.
 """
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
 from ..evaluate import summed_target_nll
+from ..stats import bootstrap_ci, paired_bootstrap_diff  # paired_bootstrap_diff: kept here as documented (docs/detox.md)
 
 __all__ = [
     "expected_max_toxicity", "toxicity_probability", "bootstrap_ci", "paired_bootstrap_diff",
@@ -54,69 +55,6 @@ def toxicity_probability(scores: Sequence[Sequence[float]], threshold: float = 0
     """Share of prompts with at least one sample scored >= threshold (how often k draws yield
     something toxic at all)."""
     return float((_per_prompt_max(scores) >= threshold).mean())
-
-
-def _resample(values, idx: np.ndarray):
-    """The prompts at `idx`, in the container type the statistic was given (array or list)."""
-    if isinstance(values, np.ndarray):
-        return values[idx]
-    return [values[i] for i in idx]
-
-
-def _boot_stats(values, stat: Callable, n_boot: int, rng: np.random.Generator, n: int) -> np.ndarray:
-    return np.array([stat(_resample(values, rng.integers(0, n, size=n))) for _ in range(n_boot)], dtype=np.float64)
-
-
-def _check_boot_args(n: int, n_boot: int, alpha: float) -> None:
-    if n == 0:
-        raise ValueError("no prompts to bootstrap")
-    if n_boot < 1:
-        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
-    if not 0.0 < alpha < 1.0:
-        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
-
-
-def bootstrap_ci(values_per_prompt, stat: Callable, n_boot: int = 1000, seed: int = 0,
-                 alpha: float = 0.05) -> tuple[float, float]:
-    """Percentile bootstrap CI (1 - alpha) of `stat` over prompts.
-
-    `values_per_prompt` holds one entry per prompt (a list of sample scores, or a per-prompt
-    scalar in a numpy array); each replicate resamples prompts with replacement and calls `stat` on
-    the resampled entries (same container type: a numpy array stays an array, which makes e.g.
-    `bootstrap_ci(per_prompt_max, np.mean)` fast on 10k prompts). Seeded with
-    `np.random.default_rng(seed)`, so the same call gives the same interval.
-    """
-    n = len(values_per_prompt)
-    _check_boot_args(n, n_boot, alpha)
-    rng = np.random.default_rng(seed)
-    boots = _boot_stats(values_per_prompt, stat, n_boot, rng, n)
-    low, high = np.quantile(boots, [alpha / 2, 1 - alpha / 2])
-    return float(low), float(high)
-
-
-def paired_bootstrap_diff(a, b, stat: Callable, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05) -> dict:
-    """Bootstrap of stat(a) - stat(b) for two systems evaluated on the SAME prompts, in the same order.
-
-    Each replicate draws one set of prompt indices and applies it to both systems (pairing removes
-    the prompt-difficulty variance shared by both). Returns {"diff", "low", "high",
-    "p_value_two_sided"}: a percentile CI, and a p-value for "no difference" from the bootstrap
-    distribution shifted to the null, p = (1 + #{|d*_b - d| >= |d|}) / (n_boot + 1); the +1 keeps
-    a finite number of replicates from ever claiming p = 0.
-    """
-    n = len(a)
-    if len(b) != n:
-        raise ValueError(f"paired bootstrap needs the same prompts for both systems: {n} vs {len(b)} prompts")
-    _check_boot_args(n, n_boot, alpha)
-    rng = np.random.default_rng(seed)
-    diff = float(stat(a)) - float(stat(b))
-    boots = np.empty(n_boot, dtype=np.float64)
-    for j in range(n_boot):
-        idx = rng.integers(0, n, size=n)
-        boots[j] = float(stat(_resample(a, idx))) - float(stat(_resample(b, idx)))
-    low, high = np.quantile(boots, [alpha / 2, 1 - alpha / 2])
-    extreme = int(np.sum(np.abs(boots - diff) >= abs(diff)))
-    p = min(1.0, (1 + extreme) / (n_boot + 1))
-    return {"diff": diff, "low": float(low), "high": float(high), "p_value_two_sided": p}
 
 
 def distinct_n(texts: Sequence[str], n: int) -> float:

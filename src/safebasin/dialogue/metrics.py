@@ -3,12 +3,12 @@
 Lexical overlap with the reference response (corpus BLEU-1/2/4, per-item sentence BLEU, ROUGE-L,
 unigram F1), diversity (distinct-1/2), the perplexity of the reference response under a chat model,
 controllability (a dialogue-act classifier that checks whether a generated response carries out
-the act its instruction asked for, and agreement of predicted act labels with gold ones), and
-paired bootstraps to tell two systems apart on the same items.
+the act its instruction asked for, and agreement of predicted act labels with gold ones). The
+bootstraps that tell two systems apart on the same items are `safebasin.stats`' (the unit of
+resampling is the test item: one context and its reference response).
 
-All functions are pure and deterministic (the bootstraps and the classifier take a fixed seed), so a
-report can be re-made byte for byte. The unit of resampling is the test item (one context and its
-reference response); both systems are always resampled with the same indices.
+All functions are pure and deterministic (the classifier takes a fixed seed), so a report can be
+re-made byte for byte.
 """
 
 from __future__ import annotations
@@ -17,17 +17,18 @@ import math
 import re
 import string
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from functools import lru_cache
 
 import numpy as np
 
 from ..evaluate import summed_target_nll
+from ..stats import bootstrap_mean_ci, paired_bootstrap  # kept here: dialogue/bench.py scores with metrics.*
 
 __all__ = [
     "bleu_n", "bleu_scores", "sentence_bleu", "CorpusBLEU", "rouge_l", "unigram_f1", "normalize_answer",
     "distinct", "response_perplexity", "ActClassifier", "label_agreement", "paired_bootstrap",
-    "bootstrap_mean_ci", "paired_bootstrap_corpus",
+    "bootstrap_mean_ci",
 ]
 
 
@@ -81,7 +82,7 @@ class CorpusBLEU:
     """Corpus BLEU-n as a callable `(hypotheses, references) -> float`, equal to `bleu_n`, that can
     also give each item's sufficient statistics (n-gram matches and totals, lengths).
 
-    Corpus BLEU is a function of the summed statistics, so `paired_bootstrap_corpus` uses
+    Corpus BLEU is a function of the summed statistics, so `stats.paired_bootstrap_corpus` uses
     `item_stats` + `score_from_stats` to recompute it on each resample by a weighted sum instead of
     re-tokenizing the whole corpus 2 x n_boot times (same numbers, much faster).
     """
@@ -315,96 +316,3 @@ def label_agreement(predicted: Sequence[int | None], gold: Sequence[int], labels
     accuracy = float(np.mean([p == g for p, g in zip(pred, gold)]))
     macro = float(f1_score(gold, pred, labels=labels, average="macro", zero_division=0))
     return {"accuracy": accuracy, "macro_f1": macro, "n": len(gold), "unparsed": unparsed}
-
-
-# ----------------------------------------------------------------------------- bootstraps
-
-
-def _check_boot_args(n: int, n_boot: int, alpha: float) -> None:
-    if n == 0:
-        raise ValueError("no items to bootstrap")
-    if n_boot < 1:
-        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
-    if not 0.0 < alpha < 1.0:
-        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
-
-
-def _as_finite(values: Sequence[float], name: str) -> np.ndarray:
-    a = np.asarray(values, dtype=np.float64).reshape(-1)
-    if not np.all(np.isfinite(a)):
-        raise ValueError(f"{name} holds NaN or infinite values")
-    return a
-
-
-def _summarize_boots(diff: float, boots: np.ndarray, alpha: float) -> dict:
-    """Percentile CI, and the p-value of "no difference" from the bootstrap distribution shifted to
-    the null: p = (1 + #{|d* - d| >= |d|}) / (n_boot + 1); the +1 keeps a finite number of
-    replicates from ever claiming p = 0."""
-    low, high = np.quantile(boots, [alpha / 2, 1 - alpha / 2])
-    extreme = int(np.sum(np.abs(boots - diff) >= abs(diff)))
-    p = min(1.0, (1 + extreme) / (len(boots) + 1))
-    return {"diff": diff, "low": float(low), "high": float(high), "p_value_two_sided": p}
-
-
-def paired_bootstrap(a: Sequence[float], b: Sequence[float], n_boot: int = 1000, seed: int = 0,
-                     alpha: float = 0.05) -> dict:
-    """Paired bootstrap of mean(a) - mean(b) for two systems' per-item scores on the SAME items.
-
-    Each replicate draws one set of item indices (numpy default_rng(seed), with replacement) for
-    both systems, which removes the item-difficulty variance they share. Returns {"diff", "low",
-    "high", "p_value_two_sided"} (percentile CI at 1 - alpha; p as in `_summarize_boots`).
-    """
-    x, y = _as_finite(a, "a"), _as_finite(b, "b")
-    if len(x) != len(y):
-        raise ValueError(f"paired bootstrap needs the same items for both systems: {len(x)} vs {len(y)}")
-    _check_boot_args(len(x), n_boot, alpha)
-    d = x - y
-    diff = float(d.mean())
-    rng = np.random.default_rng(seed)
-    boots = np.array([d[rng.integers(0, len(d), size=len(d))].mean() for _ in range(n_boot)], dtype=np.float64)
-    return _summarize_boots(diff, boots, alpha)
-
-
-def bootstrap_mean_ci(values: Sequence[float], n_boot: int = 1000, seed: int = 0,
-                      alpha: float = 0.05) -> tuple[float, float]:
-    """Percentile bootstrap CI (1 - alpha) of the mean of per-item scores (default_rng(seed))."""
-    x = _as_finite(values, "values")
-    _check_boot_args(len(x), n_boot, alpha)
-    rng = np.random.default_rng(seed)
-    boots = np.array([x[rng.integers(0, len(x), size=len(x))].mean() for _ in range(n_boot)], dtype=np.float64)
-    low, high = np.quantile(boots, [alpha / 2, 1 - alpha / 2])
-    return float(low), float(high)
-
-
-def paired_bootstrap_corpus(hyps_a: Sequence[str], hyps_b: Sequence[str], refs: Sequence[str],
-                            metric_fn: Callable[[Sequence[str], Sequence[str]], float], n_boot: int = 1000,
-                            seed: int = 0, alpha: float = 0.05) -> dict:
-    """Paired bootstrap of metric_fn(hyps_a, refs) - metric_fn(hyps_b, refs) for a corpus-level
-    metric (e.g. `CorpusBLEU(4)` or `lambda h, r: bleu_n(h, r, 4)`), which is not a mean of item
-    scores and so must be recomputed on each resample.
-
-    Each replicate draws one set of item indices (default_rng(seed)) and recomputes the metric for
-    both systems on the resampled (hypothesis, reference) pairs. A metric with `item_stats` and
-    `score_from_stats` (`CorpusBLEU`) is recomputed from summed statistics: the same numbers, without
-    re-tokenizing. Returns {"diff", "low", "high", "p_value_two_sided"} as `paired_bootstrap`.
-    """
-    n = len(refs)
-    if len(hyps_a) != n or len(hyps_b) != n:
-        raise ValueError(f"paired bootstrap needs the same items: {len(hyps_a)} / {len(hyps_b)} hypotheses, {n} references")
-    _check_boot_args(n, n_boot, alpha)
-    hyps_a, hyps_b, refs = list(hyps_a), list(hyps_b), list(refs)
-    diff = float(metric_fn(hyps_a, refs)) - float(metric_fn(hyps_b, refs))
-    rng = np.random.default_rng(seed)
-    boots = np.empty(n_boot, dtype=np.float64)
-    fast = hasattr(metric_fn, "item_stats") and hasattr(metric_fn, "score_from_stats")
-    if fast:
-        sa, sb = metric_fn.item_stats(hyps_a, refs), metric_fn.item_stats(hyps_b, refs)
-    for j in range(n_boot):
-        idx = rng.integers(0, n, size=n)
-        if fast:
-            weights = np.bincount(idx, minlength=n)
-            boots[j] = metric_fn.score_from_stats(weights @ sa) - metric_fn.score_from_stats(weights @ sb)
-        else:
-            r = [refs[i] for i in idx]
-            boots[j] = float(metric_fn([hyps_a[i] for i in idx], r)) - float(metric_fn([hyps_b[i] for i in idx], r))
-    return _summarize_boots(diff, boots, alpha)

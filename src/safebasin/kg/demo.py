@@ -18,8 +18,8 @@ from .. import atomic, methods, report
 from ..config import TrainConfig, build, read_yaml
 from ..evaluate import evaluate_model, load_bench
 from ..judges import keyword_judge
+from ..stats import paired_differences
 from ..train import MODEL_DIR, train
-from . import metrics
 from .bench import KG_NOTE
 
 ARMS = {  # name -> (method, method_args)
@@ -112,32 +112,13 @@ def slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
-def differences(generations: list[dict], ours: str = "SURGE", seed: int = 0) -> dict:
-    """Knowledge F1, entity F1 and (where both rank candidates) the reciprocal rank of `ours` minus each other
-    row on the same turns, with paired bootstrap CIs."""
-    per: dict = {}
-    for g in generations:
-        per.setdefault(g["model"], {})[g["index"]] = g
-    if ours not in per:
-        return {}
-    idx = sorted(per[ours])
-    out = {}
-    for name, rows in per.items():
-        if name == ours:
-            continue
-        keys = [m for m in ("knowledge_f1", "entity_f1", "reciprocal_rank") if m in rows[idx[0]] and m in per[ours][idx[0]]]
-        out[name] = {m: metrics.paired_bootstrap([per[ours][i][m] for i in idx], [rows[i][m] for i in idx], seed=seed)
-                     for m in keys}
-    return out
-
-
 def _ci(r: dict, key: str) -> str:
     lo, hi = r[f"{key}_ci"]
     return f"{r[key]:.3f} ({lo:.3f}–{hi:.3f})"
 
 
 def make_summary(cfg, results: dict, compute: dict, timings: dict, generations: list[dict]) -> dict:
-    diffs = differences(generations, seed=cfg.seed)
+    diffs = paired_differences(generations, "SURGE", ("knowledge_f1", "entity_f1", "reciprocal_rank"), cfg.seed)
     rows = []
     for name, r in results.items():
         d = diffs.get(name)

