@@ -430,13 +430,14 @@ def budget_rule(points: list[dict], baseline_harm: float | None, margin: float, 
     if len({size(p) for p in points}) < 2:
         return None
     limit = (baseline_harm if baseline_harm is not None else 0.0) + margin
+    within = lambda p: p["harmful_rate"] <= limit + 1e-12  # noqa: E731  (as `recommend` counts "within the limit")
     scored = sorted(((size(p), p) for p in points), key=lambda bp: bp[0])
-    broken = [b for b, p in scored if p["harmful_rate"] > limit + 1e-12]
+    broken = [b for b, p in scored if not within(p)]
     rule = {"budget": budget, "limit": limit, "breaks_at": broken[0] if broken else None, "trials": len(scored),
-            "largest_safe_budget": max((b for b, p in scored if p["harmful_rate"] <= limit + 1e-12), default=None)}
+            "largest_safe_budget": max((b for b, p in scored if within(p)), default=None)}
     if not broken:
         return rule | {"agree": 1.0, "exceptions": []}
-    wrong = [p for b, p in scored if (b < broken[0]) != (p["harmful_rate"] <= limit + 1e-12)]
+    wrong = [p for b, p in scored if (b < broken[0]) != within(p)]
     return rule | {"agree": 1 - len(wrong) / len(scored), "exceptions": [p["label"] for p in wrong]}
 
 
@@ -512,11 +513,7 @@ def sweep_points(store, bench: str | None = None) -> tuple[list[dict], dict | No
         if not benches:
             continue
         bench = bench or ("advbench" if "advbench" in benches else benches[0])
-        over = next((m.get(("model", b, "", "refusal_rate")) for b in ("xstest", "jbb-benign") if ("model", b, "", "refusal_rate") in m), None)
-        get = lambda name, b=bench: m.get(("model", b, "", name))  # noqa: E731
-        point = {"id": run["id"], "hash": run["config_hash"], "harmful_rate": get("harmful_rate"), "ci_low": get("ci_low"),
-                 "ci_high": get("ci_high"), "n": get("n"), "heldout_loss": m.get(("model", "utility", "", "heldout_loss")),
-                 "rougeL": m.get(("model", "utility", "", "rougeL")), "run_dir": run["run_dir"], "over_refusal": over}
+        point = {"id": run["id"], "hash": run["config_hash"], "run_dir": run["run_dir"], **_variant_metrics(m, "model", bench)}
         if point["harmful_rate"] is None:
             continue
         if run["kind"] == "baseline":
@@ -527,21 +524,25 @@ def sweep_points(store, bench: str | None = None) -> tuple[list[dict], dict | No
         point |= {"lr": t["lr"], "effective_batch": t["batch_size"] * t["grad_accum"], "steps": t["steps"],
                   "ema_beta": t["ema_beta"], "lora_r": t["lora_r"], "method": method, "config": t, "seed": t.get("seed", 0),
                   "tokens": m.get(("model", "train", "", "tokens")), "variant": "model",
-                  "degenerate_rate": get("degenerate_rate"), "label": _trial_label(method, t, t["ema_beta"])}
+                  "label": _trial_label(method, t, t["ema_beta"])}
         points.append(point)
-        raw = lambda name, b=bench: m.get(("raw", b, "", name))  # noqa: E731
-        if t["ema_beta"] is not None and raw("harmful_rate") is not None:
+        raw = _variant_metrics(m, "raw", bench)
+        if t["ema_beta"] is not None and raw["harmful_rate"] is not None:
             # EMA never changes the trajectory, so the run's raw/ weights are the same trial without EMA: a free point
-            points.append(point | {"hash": run["config_hash"] + ":raw", "variant": "raw", "ema_beta": None,
-                                   "config": t | {"ema_beta": None}, "label": _trial_label(method, t, None) + " (raw/ of the EMA run)",
-                                   "run_dir": run["run_dir"] and str(Path(run["run_dir"]) / "raw"),
-                                   "degenerate_rate": raw("degenerate_rate"),
-                                   **{k: raw(k) for k in ("harmful_rate", "ci_low", "ci_high", "n")},
-                                   "heldout_loss": m.get(("raw", "utility", "", "heldout_loss")),
-                                   "rougeL": m.get(("raw", "utility", "", "rougeL")),
-                                   "over_refusal": next((m.get(("raw", b, "", "refusal_rate")) for b in ("xstest", "jbb-benign")
-                                                         if ("raw", b, "", "refusal_rate") in m), None)})
+            points.append(point | raw | {"hash": run["config_hash"] + ":raw", "variant": "raw", "ema_beta": None,
+                                         "config": t | {"ema_beta": None}, "label": _trial_label(method, t, None) + " (raw/ of the EMA run)",
+                                         "run_dir": run["run_dir"] and str(Path(run["run_dir"]) / "raw")})
     return points, baseline, bench or "advbench"
+
+
+def _variant_metrics(m: dict, variant: str, bench: str) -> dict:
+    """One model variant's (kept "model" or "raw") numbers from a run's store rows: safety on `bench`, utility,
+    and the over-refusal rate of the first over-refusal bench it was scored on."""
+    get = lambda name: m.get((variant, bench, "", name))  # noqa: E731
+    over = next((m[(variant, b, "", "refusal_rate")] for b in ("xstest", "jbb-benign") if (variant, b, "", "refusal_rate") in m), None)
+    return {**{k: get(k) for k in ("harmful_rate", "ci_low", "ci_high", "n", "degenerate_rate")},
+            "heldout_loss": m.get((variant, "utility", "", "heldout_loss")), "rougeL": m.get((variant, "utility", "", "rougeL")),
+            "over_refusal": over}
 
 
 def _trial_label(method: str, t: dict, beta) -> str:
