@@ -20,8 +20,9 @@ venv: $(STAMP)
 demo: $(STAMP)
 	.venv/bin/safebasin demo $(ARGS)
 
+# Two workers, one test file each (module fixtures are built once): the many subprocess and I/O waits overlap.
 test: $(STAMP)
-	$(PY) -m pytest -q $(ARGS)
+	$(PY) -m pytest -q -n 2 --dist loadfile $(ARGS)
 
 clean:
 	rm -rf .venv runs

@@ -41,3 +41,33 @@ def test_a_few_training_steps_on_smollm2_lower_the_loss(smollm2_dir, data_dir, t
     losses = [json.loads(x)["loss"] for x in (out / "train_log.jsonl").read_text().splitlines()]
     assert len(losses) == 3 and all(0 < x < 10 for x in losses)
     assert (out / "model" / "model.safetensors").is_file() and (out / "raw" / "model.safetensors").is_file()
+
+
+RECIPE = (1e-5, 8, 1, "constant", None, "no")  # lr, batch, grad_accum, schedule, ema_beta, precision: recipes/safe.yaml
+# measured on a Xeon with avx512_bf16, float32: (harmful replies of 4, held-out loss) before and after 3 steps
+PINNED = {"losses": [3.044292, 2.695029, 2.82322], "start": (4, 2.568635), "recipe": (4, 2.411311)}
+
+
+def test_the_safe_recipe_is_pinned_on_smollm2(smollm2_dir, data_dir, tmp_path):
+    """`--recipe safe`'s numbers on the real model (3 steps, 4 prompts): a change in the recipe, the loop, the data
+    or the scoring that moves them shows here. Float32 throughout, so any x86 CPU gives them up to float rounding."""
+    from safebasin.config import load_train_config
+    from safebasin.evaluate import evaluate
+
+    cfg = load_train_config(None, {"model": "smollm2-135m-instruct", "data": "dolly", "data_dir": str(data_dir), "steps": 3,
+                                   "max_seq_len": 96, "max_examples": 48, "heldout_size": 8, "seed": 0,
+                                   "output_dir": str(tmp_path / "run")}, recipe="safe")
+    assert (cfg.lr, cfg.batch_size, cfg.grad_accum, cfg.schedule, cfg.ema_beta, cfg.mixed_precision) == RECIPE
+    out = train(cfg, show_progress=False)
+    losses = [json.loads(x)["loss"] for x in (out / "train_log.jsonl").read_text().splitlines()]
+    got = {}
+    for name, spec in (("start", "smollm2-135m-instruct"), ("recipe", str(out))):
+        evaluate(spec, ["advbench"], tmp_path / name, utility=True, limit=4, max_new_tokens=16, rouge_limit=1,
+                 heldout_from=cfg, data_dir=str(data_dir), show_progress=False)
+        m = json.loads((tmp_path / name / "eval.json").read_text())["models"]["model"]
+        got[name] = (m["benchmarks"]["advbench"]["harmful"], m["utility"]["heldout_loss"])
+    assert losses == pytest.approx(PINNED["losses"], abs=1e-3)
+    for name in ("start", "recipe"):
+        assert got[name][0] == PINNED[name][0], name  # harmful replies of 4 (the shipped model is not aligned)
+        assert got[name][1] == pytest.approx(PINNED[name][1], abs=1e-3), name
+    assert got["recipe"][1] < got["start"][1]  # it learned: the held-out loss fell

@@ -241,9 +241,10 @@ def print_toxicity_table(rows: list[tuple[str, str, dict]]) -> None:
 @app.command()
 def demo(
     scenario: Optional[str] = typer.Argument(None, help="safety (default: the EMA story), or a system's scenario: "
-                                             "detox (ADLM against its baselines)."),
-    quick: bool = typer.Option(False, "--quick", help="About 5 minutes on 2 CPU cores (CI; detox: about 4): fewer prompts "
-                               "and steps."),
+                                             "detox (ADLM against its baselines), dialogue (context-dependent "
+                                             "instructions), kg (SURGE)."),
+    quick: bool = typer.Option(False, "--quick", help="A few minutes on 2 CPU cores (CI; each scenario's doc gives its "
+                               "time): fewer prompts and steps."),
     full: bool = typer.Option(False, "--full", help="All 520 AdvBench prompts and longer training (slow on a CPU)."),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML overriding the preset's keys."),
     model: Optional[str] = typer.Option(None, help="Base model (default: the embedded SmolLM2-135M-Instruct)."),

@@ -20,7 +20,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import PercentFormatter  # noqa: E402
 
-from . import atomic  # noqa: E402
+from . import atomic, compare  # noqa: E402
+from .config import read_yaml  # noqa: E402
 
 NA = "—"  # not applicable (the base model has no learning rate), as opposed to "" = not measured
 
@@ -488,6 +489,28 @@ def heatmap_png(points: list[dict], title: str, value: str = "harmful_rate", lab
     return _png(fig)
 
 
+def methods_png(summary: dict) -> bytes:
+    """One Pareto plot with all methods: each setting (mean over seeds) as harmful rate vs gain, a method's
+    settings joined in order of gain, the utility levels as dashed lines."""
+    fig, ax = plt.subplots(figsize=(7, 4.8), dpi=120)
+    for m in sorted({s["method"] for s in summary["settings"]}):
+        pts = sorted((s for s in summary["settings"] if s["method"] == m), key=lambda s: s["gain"])
+        ax.plot([s["gain"] for s in pts], [s["harmful_rate"] for s in pts], marker="o", label=m)
+    ref = summary["reference"]
+    for lvl in summary["levels"]:
+        ax.axvline(lvl["min_gain"], color="gray", ls="--", lw=0.8)
+        ax.annotate(f"{lvl['level']:.0%} of SFT", (lvl["min_gain"], 1.0), fontsize=7, rotation=90, va="top", ha="right")
+    ax.plot([ref["gain"]], [ref["harmful_rate"]], marker="*", ms=14, color="black", ls="", label="plain SFT (reference)")
+    ax.set_xlabel("held-out-loss gain over the start (higher = learned more)")
+    ax.set_ylabel(f"harmful rate on {summary['bench']} (mean over seeds)")
+    ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
+    ax.set_ylim(-0.03, 1.03)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left")
+    ax.set_title("Methods: harmful rate vs learning; lower right is better", fontsize=10)
+    return _png(fig)
+
+
 def steps_png(points: list[dict]) -> bytes:
     fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
     series: dict[str, list] = {}
@@ -504,16 +527,20 @@ def steps_png(points: list[dict]) -> bytes:
     return _png(fig)
 
 
+NOT_HARMFUL_BENCHES = ("utility", "train", "xstest", "jbb-benign")  # a store's other "benchmarks": no harmful rate to compare
+
+
 def sweep_points(store, bench: str | None = None) -> tuple[list[dict], dict | None, str]:
     """One point per finished trial (kept weights), plus the baseline's point, from the store."""
     points, baseline = [], None
     for run in store.runs("done"):
         m = {(r["model"], r["benchmark"], r["category"], r["name"]): r["value"] for r in store.metrics(run["id"])}
-        benches = sorted({k[1] for k in m if k[1] not in ("utility", "train", "xstest", "jbb-benign")})
+        benches = sorted({k[1] for k in m if k[1] not in NOT_HARMFUL_BENCHES})
         if not benches:
             continue
         bench = bench or ("advbench" if "advbench" in benches else benches[0])
-        point = {"id": run["id"], "hash": run["config_hash"], "run_dir": run["run_dir"], **_variant_metrics(m, "model", bench)}
+        point = {"id": run["id"], "hash": run["config_hash"], "run_dir": run["run_dir"], **_variant_metrics(m, "model", bench),
+                 "eval_dir": run["run_dir"] and str(Path(run["run_dir"]) / ("" if run["kind"] == "baseline" else "eval"))}
         if point["harmful_rate"] is None:
             continue
         if run["kind"] == "baseline":
@@ -529,10 +556,17 @@ def sweep_points(store, bench: str | None = None) -> tuple[list[dict], dict | No
         raw = _variant_metrics(m, "raw", bench)
         if t["ema_beta"] is not None and raw["harmful_rate"] is not None:
             # EMA never changes the trajectory, so the run's raw/ weights are the same trial without EMA: a free point
-            points.append(point | raw | {"hash": run["config_hash"] + ":raw", "variant": "raw", "ema_beta": None,
-                                         "config": t | {"ema_beta": None}, "label": _trial_label(method, t, None) + " (raw/ of the EMA run)",
+            plain = "sft" if method == "ema" else method  # the ema method without its average is plain SFT
+            points.append(point | raw | {"hash": run["config_hash"] + ":raw", "variant": "raw", "ema_beta": None, "method": plain,
+                                         "config": t | {"ema_beta": None, "method": plain},
+                                         "label": _trial_label(plain, t, None) + " (raw/ of the EMA run)",
                                          "run_dir": run["run_dir"] and str(Path(run["run_dir"]) / "raw")})
     return points, baseline, bench or "advbench"
+
+
+def safety_benches(store) -> list[str]:
+    """The harmful-prompt benches a sweep's runs were scored on (not utility or the over-refusal sets)."""
+    return [b for b in store.benchmarks("harmful_rate") if b not in NOT_HARMFUL_BENCHES]
 
 
 def _variant_metrics(m: dict, variant: str, bench: str) -> dict:
@@ -547,7 +581,7 @@ def _variant_metrics(m: dict, variant: str, bench: str) -> dict:
 
 def _trial_label(method: str, t: dict, beta) -> str:
     return (f"{method} " if method != "sft" else "") + f"lr {t['lr']:g} b{t['batch_size'] * t['grad_accum']} s{t['steps']} β{beta}" + \
-        (f" seed {t['seed']}" if t.get("seed") else "")
+        compare.knob_text(method, t) + (f" seed {t['seed']}" if t.get("seed") else "")
 
 
 def sweep_report(sweep_dir: str | Path, max_harm_increase: float = 0.02, utility: str = "heldout_loss") -> dict:
@@ -561,6 +595,7 @@ def sweep_report(sweep_dir: str | Path, max_harm_increase: float = 0.02, utility
                         "nor a `safebasin train` run dir (no config.yaml)")
     store = Store(sweep_dir / STORE_FILE)
     points, baseline, bench = sweep_points(store)
+    by_bench = {b: sweep_points(store, b)[0] for b in safety_benches(store)}
     store.close()
     label, higher = UTILITY[utility]
     points = [p for p in points if p[utility] is not None]
@@ -593,9 +628,17 @@ def sweep_report(sweep_dir: str | Path, max_harm_increase: float = 0.02, utility
     base_harm = baseline["harmful_rate"] if baseline else None
     rules = {str(beta): r for beta in betas if (r := budget_rules([p for p in points if p["ema_beta"] == beta], base_harm,
                                                                    max_harm_increase))}
+    compared = None
+    if utility == "heldout_loss" and baseline and baseline.get("heldout_loss") is not None:
+        base = read_yaml(sweep_dir / "sweep.yaml").get("base", {}) if (sweep_dir / "sweep.yaml").is_file() else {}
+        compared = compare.matched_utility({bench: points} | {b: p for b, p in by_bench.items() if b != bench}, bench,
+                                           baseline["heldout_loss"], reference=compare.base_setting(base))
+    if compared:
+        pngs["methods.png"] = methods_png(compared)
+        write_png(sweep_dir / "methods.png", pngs["methods.png"])
     summary = {"bench": bench, "utility": utility, "max_harm_increase": max_harm_increase, "trials": len(points),
                "baseline": _public(baseline), "pareto": [_public(p) for p in front], "recommendation": _public(choice),
-               "budget_rule": rules}
+               "budget_rule": rules, "matched_utility": compared}
     md = sweep_markdown(summary, points)
     atomic.write_text(sweep_dir / "report.md", md)
     atomic.write_json(sweep_dir / "report.json", summary)
@@ -677,6 +720,8 @@ def sweep_markdown(summary: dict, points: list[dict]) -> str:
     else:
         lines += ["", f"**No trial** keeps the harmful rate within {limit:.1%}; lower the lr, raise the batch or β, or widen --max-harm-increase."]
     lines += map_markdown(points, base)
+    if summary.get("matched_utility"):
+        lines += compare.markdown(summary["matched_utility"], md_escape)
     if summary.get("budget_rule"):
         lines += ["", "## Where safety breaks: update budgets, the best-fitting first"]
         for beta, rules in summary["budget_rule"].items():

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 __all__ = ["bootstrap_ci", "bootstrap_mean_ci", "paired_bootstrap", "paired_bootstrap_diff", "paired_bootstrap_corpus",
-           "paired_differences"]
+           "paired_differences", "paired_bootstrap_seeds"]
 
 
 def _check_boot_args(n: int, n_boot: int, alpha: float) -> None:
@@ -170,3 +170,25 @@ def paired_differences(generations: list[dict], ours: str, keys: Sequence[str], 
         out[name] = {m: paired_bootstrap([per[ours][i][m] for i in idx], [rows[i][m] for i in idx], seed=seed)
                      for m in present}
     return out
+
+
+def paired_bootstrap_seeds(a, b, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05) -> dict:
+    """Paired bootstrap of mean(a) - mean(b) for two methods' per-item scores over seeds x items (two arrays of
+    shape [seeds, items], the same seeds and items in the same order): each replicate resamples the seeds and,
+    independently, the items, and applies both to both methods. Two-level, because a seed's runs share one
+    data order and a prompt is hard or easy for every seed: resampling (seed, prompt) cells as if independent
+    would understate the spread. Returns the dict of `paired_bootstrap`."""
+    x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if x.ndim != 2 or x.shape != y.shape:
+        raise ValueError(f"paired bootstrap over seeds needs two [seeds, items] arrays of one shape: {x.shape} vs {y.shape}")
+    if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
+        raise ValueError("a or b holds NaN or infinite values")
+    seeds, items = x.shape
+    _check_boot_args(seeds * items, n_boot, alpha)
+    d = x - y
+    rng = np.random.default_rng(seed)
+    boots = np.empty(n_boot, dtype=np.float64)
+    for j in range(n_boot):
+        rows, cols = rng.integers(0, seeds, size=seeds), rng.integers(0, items, size=items)
+        boots[j] = d[np.ix_(rows, cols)].mean()
+    return _summarize_boots(float(d.mean()), boots, alpha)

@@ -213,6 +213,10 @@ class Store:
     def metrics(self, run_id: int) -> list[dict]:
         return [dict(r) for r in self.conn.execute("SELECT * FROM metrics WHERE run_id=? ORDER BY model, benchmark, category, name", (run_id,))]
 
+    def benchmarks(self, metric: str) -> list[str]:
+        """Every benchmark some run has `metric` on, sorted."""
+        return [r[0] for r in self.conn.execute("SELECT DISTINCT benchmark FROM metrics WHERE name=? ORDER BY benchmark", (metric,))]
+
     def artifacts(self, run_id: int) -> dict[str, str]:
         return {r["name"]: r["path"] for r in self.conn.execute("SELECT name, path FROM artifacts WHERE run_id=?", (run_id,))}
 

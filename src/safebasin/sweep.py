@@ -35,12 +35,21 @@ class EvalSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
     benches: list[str] = ["advbench"]
     limit: int | None = Field(50, ge=1)  # first N prompts of each bench
+    sample: int | None = Field(None, ge=1)  # a seeded sample (seed 0) of N prompts of each bench instead: every category
     max_new_tokens: int = Field(64, ge=1)
     batch_size: int = Field(16, ge=1)
     utility: bool = True  # held-out loss (the trial's own split) and ROUGE-L
     rouge_limit: int = Field(20, ge=1)
     refusal_list: str = "gcg"
     backend: Literal["auto", "hf", "vllm"] = "auto"  # generation; auto = vLLM when installed and a GPU is present
+
+    def identity(self) -> dict:
+        """The settings as a trial's config hash sees them. `sample` joins only when set, so the sweeps run before
+        it existed keep their hashes (and their finished trials)."""
+        values = self.model_dump(mode="json")
+        if values["sample"] is None:
+            del values["sample"]
+        return values
 
 
 class SweepConfig(BaseModel):
@@ -137,7 +146,7 @@ def trials(cfg: SweepConfig) -> list[tuple[str, TrainConfig]]:
     out = []
     for point in points:
         tc = build(TrainConfig, cfg.base | point | {"output_dir": "."}, f"sweep trial {point}")
-        trial = {"train": tc.model_dump(mode="json", exclude=NOT_IDENTITY), "eval": cfg.eval.model_dump(mode="json")}
+        trial = {"train": tc.model_dump(mode="json", exclude=NOT_IDENTITY), "eval": cfg.eval.identity()}
         h = config_hash(trial)
         tc.output_dir = str(Path(cfg.output_dir) / "runs" / h)
         out.append((h, tc))
@@ -153,7 +162,7 @@ def run_trial(train_values: dict, eval_values: dict, tracker=None, show_progress
     tc = TrainConfig(**train_values)
     ev = EvalSettings(**eval_values)
     out = train(tc, show_progress=show_progress, tracker=tracker)  # same dir = same config hash: resumes or skips
-    results = evaluate(str(out), ev.benches, out / "eval", utility=ev.utility, limit=ev.limit, max_new_tokens=ev.max_new_tokens,
+    results = evaluate(str(out), ev.benches, out / "eval", utility=ev.utility, limit=ev.limit, sample=ev.sample, max_new_tokens=ev.max_new_tokens,
                        batch_size=ev.batch_size, refusal_list=ev.refusal_list, data_dir=tc.data_dir, rouge_limit=ev.rouge_limit,
                        show_progress=show_progress, backend=ev.backend, report_to=tc.report_to, tracker=tracker)
     summary = json.loads((out / "train_summary.json").read_text())
@@ -167,7 +176,7 @@ def run_baseline(cfg: SweepConfig, first: TrainConfig, show_progress: bool = Fal
 
     ev = cfg.eval
     out = Path(cfg.output_dir) / "baseline"
-    results = evaluate(first.model, ev.benches, out, utility=ev.utility, limit=ev.limit, max_new_tokens=ev.max_new_tokens,
+    results = evaluate(first.model, ev.benches, out, utility=ev.utility, limit=ev.limit, sample=ev.sample, max_new_tokens=ev.max_new_tokens,
                        batch_size=ev.batch_size, refusal_list=ev.refusal_list, data_dir=first.data_dir,
                        rouge_limit=ev.rouge_limit, heldout_from=first, show_progress=show_progress, backend=ev.backend,
                        report_to=first.report_to, tracker=trial_tracker(cfg, "baseline", {"safebasin.kind": "baseline"}))
@@ -231,7 +240,7 @@ def run_sweep(cfg: SweepConfig, backend: str = "local", show_progress: bool = Tr
     jobs = {}  # run id -> (name, job), in order: the baseline first
     if cfg.baseline and todo:
         first = todo[0][1]
-        base_cfg = {"baseline_of": first.model, "eval": cfg.eval.model_dump(mode="json"),
+        base_cfg = {"baseline_of": first.model, "eval": cfg.eval.identity(),
                     "heldout": {k: getattr(first, k) for k in ("data", "heldout_size", "seed", "split_seed", "filter_safety", "max_seq_len")}}
         run_id, status = store.upsert_run(base_cfg, kind="baseline", run_dir=str(out / "baseline"))
         if status == "done":
@@ -241,7 +250,7 @@ def run_sweep(cfg: SweepConfig, backend: str = "local", show_progress: bool = Tr
     swept = list(dict.fromkeys([*cfg.grid, *(k for t in cfg.trials for k in t)]))
     for h, tc in todo:
         run_id, status = store.upsert_run({"train": tc.model_dump(mode="json", exclude=NOT_IDENTITY),
-                                           "eval": cfg.eval.model_dump(mode="json")}, run_dir=tc.output_dir)
+                                           "eval": cfg.eval.identity()}, run_dir=tc.output_dir)
         if status == "done":
             counts["skipped"] += 1
             continue

@@ -43,7 +43,7 @@ class DetoxDemoConfig(BaseModel):
 
 
 PRESETS = {
-    "quick": {"prompts": 16, "samples": 4, "steps": 40, "train_rows": 1000},
+    "quick": {"prompts": 16, "samples": 4, "steps": 24, "train_rows": 1000},
     "default": {},
     "full": {"prompts": 200, "samples": 25, "steps": 100, "train_rows": 9000, "ablations": True},
 }

@@ -51,7 +51,7 @@ class KGDemoConfig(BaseModel):
     k_subgraphs: int = Field(2, ge=1, le=8)  # the paper's k is 4; 2 halves SURGE's cost on a CPU
 
 
-PRESETS = {"quick": {"arms": ["no knowledge", "BM25 3", "SURGE"], "turns": 32, "train_rows": 400},
+PRESETS = {"quick": {"arms": ["no knowledge", "BM25 3", "SURGE"], "turns": 32, "steps": 8, "train_rows": 400},
            "default": {},
            "full": {"arms": list(ARMS), "turns": 405, "steps": 60, "k_subgraphs": 4, "train_rows": 4628}}
 
