@@ -8,10 +8,10 @@ compared prompt by prompt and seed by seed. Settings are chosen on one bench and
 others, so a bench that played no part in choosing shows whether the ranking holds.
 """
 
-import json
 from functools import lru_cache
 from pathlib import Path
 
+from .atomic import read_jsonl
 from .stats import paired_bootstrap_seeds
 
 LEVELS = (0.5, 0.75, 0.9)  # the issue's matched-utility levels: a share of plain SFT's held-out-loss gain
@@ -37,9 +37,14 @@ def family(p: dict) -> str:
     return "ema" if method in ("sft", "ema") else f"{method}+ema"
 
 
+def recipe_text(lr: float, batch: int, steps: int) -> str:
+    """An optimisation as labels show it: 'lr 0.0002 b4 s24' (effective batch)."""
+    return f"lr {lr:g} b{batch} s{steps}"
+
+
 def recipe(p: dict) -> str:
-    """The optimisation a point ran: 'lr 0.0002 b4 s24' (effective batch)."""
-    return f"lr {p['config']['lr']:g} b{p['effective_batch']} s{p['config']['steps']}"
+    """The optimisation a point ran."""
+    return recipe_text(p["config"]["lr"], p["effective_batch"], p["config"]["steps"])
 
 
 def setting(p: dict) -> str:
@@ -49,8 +54,8 @@ def setting(p: dict) -> str:
 
 @lru_cache(maxsize=256)
 def _generations(path: str) -> tuple[dict, ...]:
-    with open(path, encoding="utf-8") as f:
-        return tuple(json.loads(line) for line in f if line.strip())
+    """A run's per-prompt rows, read once per comparison (`matched_utility` clears the cache)."""
+    return tuple(read_jsonl(path))
 
 
 def prompt_flags(p: dict, bench: str) -> dict[int, float]:
@@ -105,7 +110,7 @@ def base_setting(base: dict) -> str | None:
     steps: the run whose gain the matched-utility levels are shares of."""
     if not all(k in base for k in ("lr", "batch_size", "steps")):
         return None
-    return f"lr {base['lr']:g} b{base['batch_size'] * base.get('grad_accum', 1)} s{base['steps']}"
+    return recipe_text(base["lr"], base["batch_size"] * base.get("grad_accum", 1), base["steps"])
 
 
 def matched_utility(points_by_bench: dict[str, list[dict]], bench: str, start_loss: float,
@@ -114,6 +119,7 @@ def matched_utility(points_by_bench: dict[str, list[dict]], bench: str, start_lo
     against plain SFT's and EMA's picks on every bench. `reference`: the plain-SFT setting the levels are shares
     of (the sweep's base recipe); without one, the plain-SFT setting that learned most. None when the sweep has
     no plain SFT point or only one method."""
+    _generations.cache_clear()  # a run re-scored since the last comparison in this process is read afresh
     by_bench = {b: settings(pts, start_loss, reference) for b, pts in points_by_bench.items()}
     groups = by_bench[bench]
     sft = [g for g in groups.values() if g["method"] == "sft"]

@@ -595,7 +595,7 @@ def sweep_report(sweep_dir: str | Path, max_harm_increase: float = 0.02, utility
                         "nor a `safebasin train` run dir (no config.yaml)")
     store = Store(sweep_dir / STORE_FILE)
     points, baseline, bench = sweep_points(store)
-    by_bench = {b: sweep_points(store, b)[0] for b in safety_benches(store)}
+    others = {b: sweep_points(store, b)[0] for b in safety_benches(store) if b != bench}  # the benches not chosen on
     store.close()
     label, higher = UTILITY[utility]
     points = [p for p in points if p[utility] is not None]
@@ -631,7 +631,7 @@ def sweep_report(sweep_dir: str | Path, max_harm_increase: float = 0.02, utility
     compared = None
     if utility == "heldout_loss" and baseline and baseline.get("heldout_loss") is not None:
         base = read_yaml(sweep_dir / "sweep.yaml").get("base", {}) if (sweep_dir / "sweep.yaml").is_file() else {}
-        compared = compare.matched_utility({bench: points} | {b: p for b, p in by_bench.items() if b != bench}, bench,
+        compared = compare.matched_utility({bench: points} | others, bench,
                                            baseline["heldout_loss"], reference=compare.base_setting(base))
     if compared:
         pngs["methods.png"] = methods_png(compared)
