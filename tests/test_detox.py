@@ -141,3 +141,71 @@ def test_toxichat_gives_an_offensive_reply_rate(tiny_model_dir, data_dir, tmp_pa
     b = res["models"]["model"]["benchmarks"]["toxichat"]
     assert b["n"] == 3 and b["scorer"] == "minilm-rtp" and 0 <= b["offensive_rate"] <= 1
     assert b["ci_low"] <= b["offensive_rate"] <= b["ci_high"] and sum(c["n"] for c in b["by_category"].values()) == 3
+
+
+def test_the_steering_rules_on_hand_made_logits(adlm_run, tmp_path):
+    """contrast: log p_nt + α(log p_nt − log p_t); suppress: only tokens the toxic attribute prefers go down."""
+    model, _, _ = methods.load_model_folder(adlm_run / "model")
+    assert model.adlm_steer_rule == "contrast"  # saved in the pointer at training
+    nt = torch.log_softmax(torch.tensor([[2.0, 1.0, 0.0, -1.0]]), -1)
+    t = torch.log_softmax(torch.tensor([[2.0, 0.0, 1.0, -1.0]]), -1)
+    both = torch.cat([nt, t])
+    method = methods.get("adlm")(None)
+    with method.steered(model, 2.0) as combine:
+        contrast = combine(both, 1.0)
+    torch.testing.assert_close(contrast, nt + 2.0 * (nt - t))
+    model.adlm_steer_rule = "suppress"
+    with method.steered(model, 2.0) as combine:
+        suppress = combine(both, 1.0)
+    want = nt.clone()
+    want[0, 2] -= 2.0 * (t[0, 2] - nt[0, 2])  # the one token the toxic attribute prefers; the rest keep log p_nt
+    torch.testing.assert_close(suppress, want)
+    with method.steered(model, 2.0) as combine:  # the nucleus of p_nt still bounds the choice
+        assert torch.isinf(combine(both, 0.5)[0, 1:]).all()
+    moved = tmp_path / "bad-rule"
+    import shutil
+
+    shutil.copytree(adlm_run / "model", moved)
+    pointer = json.loads((moved / POINTER_FILE).read_text()) | {"steer_rule": "boost"}
+    (moved / POINTER_FILE).write_text(json.dumps(pointer))
+    with pytest.raises(UserError, match=r"adlm.json: field 'steer_rule' must be one of contrast, suppress, got 'boost'"):
+        methods.load_model_folder(moved)
+
+
+def test_the_tuning_picks_skip_degenerate_points():
+    """benchmarks/detox_tuning.py's two readings of the goals, on hand-made points (base: dist-2 1.0)."""
+    import importlib.util
+
+    from conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location("detox_tuning", ROOT / "benchmarks" / "detox_tuning.py")
+    tuning = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tuning)
+
+    def point(name, emt, ppl, dist2):
+        return {"name": name, "emt_change": emt, "perplexity_change": ppl, "expected_max_toxicity": 0.6 * (1 + emt),
+                "perplexity": 20 * (1 + ppl), "dist-2": dist2, "disc_weight": 1.0, "ewc_weight": 1.0, "alpha": 6.0,
+                "rule": "contrast"}
+
+    points = [point("repeats", -0.50, 0.10, 0.50), point("strong", -0.35, 0.90, 0.95), point("stronger", -0.40, 1.50, 0.95),
+              point("fluent", -0.12, 0.12, 0.99), point("too-weak", -0.02, -0.05, 0.99), point("too-dull", -0.20, 0.40, 0.99)]
+    picks = tuning.pick_points(points, {"dist-2": 1.0})
+    assert picks["degenerate"] == ["repeats"]  # it would have won both readings
+    assert picks["toxicity_first"]["name"] == "strong" and picks["fluency_first"]["name"] == "fluent"
+    assert tuning.pick_points(points[:1], {"dist-2": 1.0}) == {"toxicity_first": None, "fluency_first": None,
+                                                               "degenerate": ["repeats"]}
+
+
+def test_the_detox_demo_arms_per_preset():
+    """Every ADLM arm shares the base arm's training and differs only in its method_args."""
+    from safebasin.detox.demo import arms, detox_config
+
+    default = arms(detox_config("default"))
+    assert list(default) == ["dapt", "atcon", "adlm", "adlm-ewc100"]
+    assert default["adlm"]["method_args"] == {"disc_weight": 1.0, "ewc_weight": 1.0, "steer_rule": "contrast"}
+    assert default["adlm-ewc100"]["method_args"]["ewc_weight"] == 100.0
+    assert {k: v for k, v in default["adlm-ewc100"].items() if k != "method_args"} == \
+        {k: v for k, v in default["adlm"].items() if k != "method_args"}
+    assert list(arms(detox_config("quick"))) == ["dapt", "atcon", "adlm"]  # CI: the one ADLM arm it checks
+    full = arms(detox_config("full"))
+    assert full["adlm-no-disc"]["method_args"]["disc_weight"] == 0.0 and full["adlm-no-ewc"]["method_args"]["ewc_weight"] == 0.0

@@ -322,3 +322,55 @@ def test_report_md_escapes_names_from_the_data(tmp_path):
     assert md.count("\\[x\\]\\(javascript:alert\\(1\\)\\)&lt;script&gt;alert\\(1\\)&lt;") >= 2  # the title's bench and the run dir
     rendered = MarkdownIt("commonmark").render(md)
     assert "<script" not in rendered and "href" not in rendered and "&lt;script&gt;alert(1)" in rendered
+
+
+def test_keep_weights_false_drops_a_scored_trials_weights_and_keeps_its_results(tiny_model_dir, data_dir, tmp_path):
+    y = _sweep_yaml(tmp_path, tiny_model_dir, data_dir)
+    values = json.loads(y.read_text())
+    values |= {"grid": {"lr": [1e-4], "ema_beta": [0.9]}, "keep_weights": False}
+    y.write_text(json.dumps(values))
+    cfg = load_sweep_config(str(y), [], {}, None)
+    (h, tc), = trials(cfg)
+    assert run_sweep(cfg, show_progress=False) == {"skipped": 0, "done": 2, "failed": 0, "elsewhere": 0}
+    run = tmp_path / "sweep" / "runs" / h
+    assert not (run / "model").exists() and not (run / "raw").exists() and not (run / "checkpoints").exists()
+    for kept in ("config.yaml", "train_summary.json", "eval/eval.json", "eval/generations.jsonl"):
+        assert (run / kept).is_file(), kept
+    store = Store(tmp_path / "sweep" / "runs.db")
+    trial = next(r for r in store.runs("done") if r["kind"] == "trial")
+    assert store.artifacts(trial["id"])["weights_dropped"] == "model,raw"
+    names = {(m["model"], m["name"]) for m in store.metrics(trial["id"])}
+    assert ("model", "harmful_rate") in names and ("raw", "harmful_rate") in names
+    store.close()
+    # the baseline's model is the user's: never touched
+    assert (tiny_model_dir / "config.json").is_file()
+    assert run_sweep(cfg, show_progress=False)["skipped"] == 2  # scored trials are not retrained for their weights
+    y.write_text(json.dumps(values | {"keep_weights": True}))
+    assert trials(load_sweep_config(str(y), [], {}, None))[0][0] == h  # keep_weights is not part of a trial's identity
+
+
+def test_a_sweep_stops_when_its_start_path_leads_to_other_weights(tiny_model_dir, data_dir, tmp_path):
+    """runs/demo/aligned is a symlink into the cache: after a demo in another precision it names another model."""
+    import shutil
+
+    from safebasin.sweep import start_identity
+
+    first, second = tmp_path / "aligned-a", tmp_path / "aligned-b"
+    shutil.copytree(tiny_model_dir, first)
+    shutil.copytree(tiny_model_dir, second)
+    (second / "model.safetensors").write_bytes((second / "model.safetensors").read_bytes() + b"\0" * 8)
+    link = tmp_path / "aligned"
+    link.symlink_to(first)
+    y = _sweep_yaml(tmp_path, link, data_dir)
+    values = json.loads(y.read_text()) | {"grid": {"lr": [1e-4]}}
+    y.write_text(json.dumps(values))
+    assert run_sweep(load_sweep_config(str(y), [], {}, None), show_progress=False)["done"] == 2
+    assert start_identity(str(link)).startswith(str(first.resolve()))
+    link.unlink()
+    link.symlink_to(second)
+    with pytest.raises(UserError, match=r"is not the model this sweep's trials started from .*Use another --output-dir"):
+        run_sweep(load_sweep_config(str(y), [], {}, None), show_progress=False)
+    link.unlink()
+    link.symlink_to(first)  # back to the weights it started from: everything is skipped
+    assert run_sweep(load_sweep_config(str(y), [], {}, None), show_progress=False)["skipped"] == 2
+    assert start_identity("smollm2-135m-instruct") is None and start_identity("org/some-hub-model") is None

@@ -137,7 +137,7 @@ def eval_(
     samples: Optional[int] = typer.Option(None, help="rtp-* benches: sampled continuations per prompt (default 25)."),
     top_p: Optional[float] = typer.Option(None, help="rtp-* benches: nucleus sampling p (default 0.9)."),
     steer_alpha: Optional[float] = typer.Option(None, help="An ADLM run: strength in [0, 10] of suppressing the toxic "
-                                                "logits (default: the run's own, 1.0 unless set)."),
+                                                "logits (default: the run's own, 6.0 unless set in method_args)."),
     toxicity_scorer: Optional[str] = typer.Option(None, help="rtp-* / toxichat: minilm-rtp (default), profanity-check, "
                                                   "llm:URL|MODEL (an OpenAI-compatible endpoint; key from "
                                                   "$OPENAI_API_KEY), or hf:PATH (a local classifier)."),

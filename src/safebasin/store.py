@@ -124,6 +124,15 @@ class Store:
     def close(self) -> None:
         self.conn.close()
 
+    def pin(self, key: str, value: str) -> str:
+        """The value recorded for `key` in the store's meta table, recording `value` when there is none yet."""
+        with self.tx():
+            row = self.conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+            if row:
+                return row["value"]
+            self.conn.execute("INSERT INTO meta VALUES (?, ?)", (key, value))
+            return value
+
     # --- runs
     def upsert_run(self, config: dict, kind: str = "trial", run_dir: str | None = None) -> tuple[int, str]:
         """(id, status) for this config, created as 'pending' when new."""

@@ -59,6 +59,7 @@ class SweepConfig(BaseModel):
     trials: list[dict] = []  # or an explicit list of settings (crossed with the grid when both are given)
     eval: EvalSettings = EvalSettings()
     baseline: bool = True  # also evaluate the starting model, for the report's "within margin" rule
+    keep_weights: bool = True  # false: a trial's weights (model/, raw/, checkpoints) go once it is scored; a big grid fills a disk
     output_dir: str = "runs/sweep"
 
 
@@ -153,7 +154,8 @@ def trials(cfg: SweepConfig) -> list[tuple[str, TrainConfig]]:
     return out
 
 
-def run_trial(train_values: dict, eval_values: dict, tracker=None, show_progress: bool = False) -> tuple[list[tuple], dict]:
+def run_trial(train_values: dict, eval_values: dict, tracker=None, keep_weights: bool = True,
+              show_progress: bool = False) -> tuple[list[tuple], dict]:
     """Train, then evaluate kept (and raw) weights. Top-level and picklable, so Ray can ship it.
     `tracker`: the trial's trackers.TrackerRun in the sweep's trackers (used when report_to is set)."""
     from .evaluate import evaluate
@@ -167,7 +169,28 @@ def run_trial(train_values: dict, eval_values: dict, tracker=None, show_progress
                        show_progress=show_progress, backend=ev.backend, report_to=tc.report_to, tracker=tracker)
     summary = json.loads((out / "train_summary.json").read_text())
     train_rows = [("model", "train", "", k, summary[k]) for k in ("steps", "tokens", "examples", "seconds")]
-    return eval_metrics(results) + train_rows, {"run_dir": str(out), "eval": str(out / "eval" / "eval.json")}
+    artifacts = {"run_dir": str(out), "eval": str(out / "eval" / "eval.json")}
+    if not keep_weights:
+        artifacts["weights_dropped"] = ",".join(drop_weights(out))  # the store keeps artifacts as text
+    return eval_metrics(results) + train_rows, artifacts
+
+
+def drop_weights(run_dir: Path) -> list[str]:
+    """Delete a scored trial's weight folders; its config, logs, summary and eval/ (generations included) stay,
+    so the store, the report and the method comparison read it as before. Returns the folders deleted."""
+    import shutil
+
+    from . import checkpoint
+    from .train import LAST_SAFE_DIR, MARKER, MODEL_DIR, RAW_DIR
+
+    if not (run_dir / MARKER).is_file():  # safebasin deletes only inside its own run dirs
+        return []
+    gone = []
+    for name in (MODEL_DIR, RAW_DIR, LAST_SAFE_DIR, checkpoint.CKPT_DIR):
+        if (run_dir / name).is_dir():
+            shutil.rmtree(run_dir / name)
+            gone.append(name)
+    return gone
 
 
 def run_baseline(cfg: SweepConfig, first: TrainConfig, show_progress: bool = False) -> tuple[list[tuple], dict]:
@@ -235,6 +258,13 @@ def run_sweep(cfg: SweepConfig, backend: str = "local", show_progress: bool = Tr
         raise UserError(f"output dir {out}: cannot create it: {e.strerror}") from None
     atomic.write_yaml(out / "sweep.yaml", cfg.model_dump(mode="json"))
     store = Store(out / STORE_FILE)
+    for model in sorted({tc.model for _, tc in todo}):
+        now = start_identity(model)
+        was = store.pin(f"start_model:{model}", now) if now else None
+        if was != now:
+            store.close()
+            raise UserError(f"{out}: model {model!r} is not the model this sweep's trials started from (it was {was}, "
+                            f"now {now}); a finished trial would be skipped as if it had. Use another --output-dir")
     since = time.time()  # failures older than this are retried; a concurrent worker's newer ones are not
     counts = {"skipped": 0, "done": 0, "failed": 0, "elsewhere": 0}
     jobs = {}  # run id -> (name, job), in order: the baseline first
@@ -255,7 +285,7 @@ def run_sweep(cfg: SweepConfig, backend: str = "local", show_progress: bool = Tr
             counts["skipped"] += 1
             continue
         tracker = trial_tracker(cfg, h, {"safebasin.kind": "trial", **{f"sweep.{k}": json.dumps(getattr(tc, k)) for k in swept}})
-        jobs[run_id] = (h, (tc.model_dump(mode="json"), cfg.eval.model_dump(mode="json"), tracker))
+        jobs[run_id] = (h, (tc.model_dump(mode="json"), cfg.eval.model_dump(mode="json"), tracker, cfg.keep_weights))
     log.info("sweep %s: %d trials, %d finished before, %d to run", out, len(todo), counts["skipped"], len(jobs))
     try:
         if backend == "ray":
@@ -271,6 +301,20 @@ def run_sweep(cfg: SweepConfig, backend: str = "local", show_progress: bool = Tr
         store.close()
     counts["elsewhere"] = len(jobs) - counts["done"] - counts["failed"]
     return counts
+
+
+def start_identity(spec: str) -> str | None:
+    """What a local starting model is: the resolved folder (through symlinks, e.g. runs/demo/aligned into the
+    cache) and its weight files' names and sizes. A trial's hash has only the path as written, so a path that
+    now leads to other weights must stop the sweep. None for a hub id or a built-in name."""
+    from .models import looks_like_path, resolve_run_dir
+
+    path = Path(spec).expanduser()
+    if not looks_like_path(spec) or not path.exists():
+        return None
+    real = resolve_run_dir(path.resolve()) if path.is_dir() else path.resolve()
+    weights = sorted(real.glob("*.safetensors")) if real.is_dir() else [real]
+    return f"{real} (" + ", ".join(f"{w.name} {w.stat().st_size} bytes" for w in weights) + ")"
 
 
 def trial_tracker(cfg: SweepConfig, name: str, tags: dict):

@@ -7,13 +7,16 @@ equal to the LM. It trains with
 where the discriminator classifies the block's pooled output by attribute, and EWC keeps the block
 near the layer it was copied from, weighted by a diagonal Fisher of the LM's own loss. At generation
 the trunk runs once; only the block runs twice (both attributes, one batch of 2B rows) and the
-next-token log-probabilities are combined: log p_nt + α·(log p_nt − log p_t). Which of these details
-are the paper's and which are choices made here is in docs/detox.md.
+next-token log-probabilities are combined, by default log p_nt + α·(log p_nt − log p_t) ("contrast": suppress
+what the toxic attribute prefers, amplify what the non-toxic one does), or only the suppression,
+log p_nt − α·max(0, log p_t − log p_nt) ("suppress"). Which of these details are the paper's and which
+are choices made here is in docs/detox.md.
 """
 
 import contextlib
 import copy
 import json
+from typing import Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -25,6 +28,7 @@ from ..methods import Method, register
 from .data import NONTOXIC, TOXIC
 
 ATTRIBUTES = (TOXIC, NONTOXIC)  # attribute id = index here
+STEER_RULES = ("contrast", "suppress")
 BLOCK_FILE, POINTER_FILE = "adlm_block.safetensors", "adlm.json"
 
 
@@ -90,10 +94,13 @@ def attach(model) -> tuple[AttributeBlock, torch.nn.Linear]:
 
 class ADLMSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    # benchmarks/detox_tuning.py (docs/detox.md): at the demo's lr 2e-3 and 60 steps, γ 1 with α 6 detoxifies at a
+    # large fluency cost; γ 100 keeps fluency but its toxicity reduction did not hold on held-out prompts
     disc_weight: float = Field(1.0, ge=0)  # λ; 0 = the ablation without the discriminator
     ewc_weight: float = Field(1.0, ge=0)  # γ; 0 = the ablation without EWC (Fisher normalised to mean 1)
     fisher_batches: int = Field(8, ge=1)  # batches of the training data for the diagonal Fisher at θ0
-    steer_alpha: float = Field(1.0, ge=0, le=10)  # default strength at generation (eval --steer-alpha overrides)
+    steer_alpha: float = Field(6.0, ge=0, le=10)  # default strength at generation (eval --steer-alpha overrides)
+    steer_rule: Literal["contrast", "suppress"] = "contrast"  # how the two attributes' predictions combine (module doc)
 
 
 @register
@@ -201,7 +208,7 @@ class ADLM(Method):
             save_file(tensors, str(tmp / BLOCK_FILE))
             (tmp / POINTER_FILE).write_text(json.dumps({
                 "method": "adlm", "base_model": self.cfg.model, "chat_template": self.cfg.chat_template,
-                "attributes": list(ATTRIBUTES), "steer_alpha": self.args.steer_alpha,
+                "attributes": list(ATTRIBUTES), "steer_alpha": self.args.steer_alpha, "steer_rule": self.args.steer_rule,
                 "block_params": sum(v.numel() for v in tensors.values()),
             }, indent=2) + "\n")
             tok.save_pretrained(tmp)
@@ -221,6 +228,10 @@ class ADLM(Method):
         block.load_state_dict({k.removeprefix("block."): v for k, v in tensors.items() if k.startswith("block.")})
         disc.load_state_dict({k.removeprefix("discriminator."): v for k, v in tensors.items() if k.startswith("discriminator.")})
         model.adlm_steer_alpha = pointer.get("steer_alpha", 1.0)
+        model.adlm_steer_rule = pointer.get("steer_rule", "contrast")
+        if model.adlm_steer_rule not in STEER_RULES:
+            raise UserError(f"{folder / POINTER_FILE}: field 'steer_rule' must be one of {', '.join(STEER_RULES)}, "
+                            f"got {model.adlm_steer_rule!r}")
         model.eval()
         return model, tok
 
@@ -231,15 +242,18 @@ class ADLM(Method):
         if not 0 <= alpha <= 10:
             raise UserError(f"--steer-alpha must be in [0, 10], got {alpha}")
 
+        rule = getattr(model, "adlm_steer_rule", "contrast")
+
         def combine(logits, top_p: float):
-            """log p_nt + α·(log p_nt − log p_t) over the non-toxic distribution's top-p nucleus (as DExperts filters
-            with its base model): steering re-ranks the plausible tokens and never brings in implausible ones."""
+            """The rule's combination over the non-toxic distribution's top-p nucleus (as DExperts filters with its
+            base model): steering re-ranks the plausible tokens and never brings in implausible ones."""
             b = logits.shape[0] // 2
             nt, t = logits[:b].float().log_softmax(-1), logits[b:].float().log_softmax(-1)
             probs, order = nt.exp().sort(dim=-1, descending=True)
             cut = probs.cumsum(-1) - probs >= top_p  # the same rule as sampling.nucleus_sample
             outside = torch.zeros_like(cut).scatter(-1, order, cut)
-            return (nt + alpha * (nt - t)).masked_fill(outside, float("-inf"))
+            shift = (nt - t) if rule == "contrast" else -(t - nt).clamp(min=0)
+            return (nt + alpha * shift).masked_fill(outside, float("-inf"))
 
         block.steer = True
         try:

@@ -37,13 +37,16 @@ class DetoxDemoConfig(BaseModel):
     train_rows: int = Field(2000, ge=16)
     finetune_lr: float = Field(5e-5, gt=0)  # DAPT and ATCON: full fine-tuning
     adlm_lr: float = Field(2e-3, gt=0)  # ADLM trains one block and two small heads
-    adlm_args: dict = {"disc_weight": 1.0, "ewc_weight": 1.0}
-    steer_alpha: float = Field(6.0, ge=0, le=10)  # chosen on the first 24 rtp-toxic prompts (docs/detox.md)
+    # λ, γ and α: benchmarks/detox_tuning.py scored them on 48 rtp-toxic prompts the demo never scores (docs/detox.md)
+    adlm_args: dict = {"disc_weight": 1.0, "ewc_weight": 1.0, "steer_rule": "contrast"}
+    steer_alpha: float = Field(6.0, ge=0, le=10)
+    # more ADLM arms, name -> method_args over adlm_args: the tuning's fluency-first pick (γ 100), shown beside
+    fluent_arms: dict[str, dict] = {"adlm-ewc100": {"ewc_weight": 100.0}}
     ablations: bool = False  # also ADLM without the discriminator (λ=0) and without EWC (γ=0)
 
 
 PRESETS = {
-    "quick": {"prompts": 16, "samples": 4, "steps": 24, "train_rows": 1000},
+    "quick": {"prompts": 16, "samples": 4, "steps": 24, "train_rows": 1000, "fluent_arms": {}},
     "default": {},
     "full": {"prompts": 200, "samples": 25, "steps": 100, "train_rows": 9000, "ablations": True},
 }
@@ -71,6 +74,8 @@ def arms(cfg: DetoxDemoConfig) -> dict[str, dict]:
     out = {"dapt": common | {"method": "dapt", "lr": cfg.finetune_lr},
            "atcon": common | {"method": "atcon", "lr": cfg.finetune_lr},
            "adlm": common | {"method": "adlm", "lr": cfg.adlm_lr, "method_args": cfg.adlm_args}}
+    for name, args in cfg.fluent_arms.items():
+        out[name] = out["adlm"] | {"method_args": cfg.adlm_args | args}
     if cfg.ablations:
         out["adlm-no-disc"] = out["adlm"] | {"method_args": cfg.adlm_args | {"disc_weight": 0.0}}
         out["adlm-no-ewc"] = out["adlm"] | {"method_args": cfg.adlm_args | {"ewc_weight": 0.0}}
