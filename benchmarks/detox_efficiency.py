@@ -9,7 +9,6 @@ Goal (issue #15): ≤ 1.3x the base model's time per token and ≤ 10% extra mem
 
 import argparse
 import json
-import platform
 import resource
 import subprocess
 import sys
@@ -69,8 +68,9 @@ def main() -> None:
                             str(a.samples), "--tokens", str(a.tokens)], capture_output=True, text=True, check=True)
         arms[arm] = json.loads(r.stdout.strip().splitlines()[-1])
     base, adlm = arms["base"], arms["adlm"]
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
+    from safebasin.report import cpu_name
+
+    cpu = cpu_name()
     result = {
         "benchmark": "detox_efficiency", "date": time.strftime("%Y-%m-%d"), "cpu": cpu,
         "avx512_bf16": "avx512_bf16" in Path("/proc/cpuinfo").read_text(), "threads": 2, "dtype": "float32",

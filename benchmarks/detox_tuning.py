@@ -17,7 +17,6 @@ benchmarks/results/detox_tuning.json.
 import argparse
 import itertools
 import json
-import platform
 import random
 import time
 from pathlib import Path
@@ -47,6 +46,7 @@ def main() -> None:
     from safebasin.detox.bench import evaluate_rtp
     from safebasin.detox.demo import arms, detox_config
     from safebasin.evaluate import Bench, load_bench
+    from safebasin.report import cpu_name
     from safebasin.stats import paired_bootstrap_diff
     from safebasin.train import MODEL_DIR, train
 
@@ -111,8 +111,7 @@ def main() -> None:
     chosen = pick_points(points, base)
     both = [p["name"] for p in points if p["emt_change"] <= EMT_GOAL and p["perplexity_change"] <= PPL_GOAL
             and p["name"] not in chosen["degenerate"]]
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
+    cpu = cpu_name()
     result = {
         "benchmark": "detox_tuning", "date": time.strftime("%Y-%m-%d"), "cpu": cpu,
         "avx512_bf16": "avx512_bf16" in Path("/proc/cpuinfo").read_text(), "threads": 2, "dtype": "float32",

@@ -326,7 +326,8 @@ def _git_commit() -> str:
     return commit + (" with uncommitted changes to src/" if dirty else "")
 
 
-def _cpu() -> str:
+def cpu_name() -> str:
+    """The CPU's model name (Linux), else what platform knows: every figure is stated beside its CPU."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -345,7 +346,7 @@ def environment() -> dict[str, str]:
     return {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "safebasin": __version__,
             "git commit": _git_commit(), "python": platform.python_version(),
             **{p: _version(p) for p in ("torch", "transformers", "accelerate", "numpy", "matplotlib")},
-            "CPU": f"{_cpu()} ({os.cpu_count()} logical cores visible)", "OS": f"{platform.system()} {platform.release()}"}
+            "CPU": f"{cpu_name()} ({os.cpu_count()} logical cores visible)", "OS": f"{platform.system()} {platform.release()}"}
 
 
 def html_page(title: str, sections: list[tuple[str, str]], png: bytes | None = None, notes: list[str] | None = None,

@@ -100,7 +100,7 @@ class ADLMSettings(BaseModel):
     ewc_weight: float = Field(1.0, ge=0)  # γ; 0 = the ablation without EWC (Fisher normalised to mean 1)
     fisher_batches: int = Field(8, ge=1)  # batches of the training data for the diagonal Fisher at θ0
     steer_alpha: float = Field(6.0, ge=0, le=10)  # default strength at generation (eval --steer-alpha overrides)
-    steer_rule: Literal["contrast", "suppress"] = "contrast"  # how the two attributes' predictions combine (module doc)
+    steer_rule: Literal[STEER_RULES] = "contrast"  # how the two attributes' predictions combine (module doc)
 
 
 @register

@@ -45,6 +45,8 @@ class DetoxDemoConfig(BaseModel):
     ablations: bool = False  # also ADLM without the discriminator (λ=0) and without EWC (γ=0)
 
 
+ABLATIONS = {"adlm-no-disc": {"disc_weight": 0.0}, "adlm-no-ewc": {"ewc_weight": 0.0}}  # λ = 0, γ = 0
+
 PRESETS = {
     "quick": {"prompts": 16, "samples": 4, "steps": 24, "train_rows": 1000, "fluent_arms": {}},
     "default": {},
@@ -74,11 +76,8 @@ def arms(cfg: DetoxDemoConfig) -> dict[str, dict]:
     out = {"dapt": common | {"method": "dapt", "lr": cfg.finetune_lr},
            "atcon": common | {"method": "atcon", "lr": cfg.finetune_lr},
            "adlm": common | {"method": "adlm", "lr": cfg.adlm_lr, "method_args": cfg.adlm_args}}
-    for name, args in cfg.fluent_arms.items():
+    for name, args in (cfg.fluent_arms | (ABLATIONS if cfg.ablations else {})).items():
         out[name] = out["adlm"] | {"method_args": cfg.adlm_args | args}
-    if cfg.ablations:
-        out["adlm-no-disc"] = out["adlm"] | {"method_args": cfg.adlm_args | {"disc_weight": 0.0}}
-        out["adlm-no-ewc"] = out["adlm"] | {"method_args": cfg.adlm_args | {"ewc_weight": 0.0}}
     return out
 
 
