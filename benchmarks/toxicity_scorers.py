@@ -8,7 +8,6 @@ regression (grouped CV on the fit rows only). Fits once if the scorer cache is e
 import argparse
 import datetime
 import json
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -16,17 +15,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from safebasin import atomic
+from safebasin import atomic, report
 from safebasin.detox import scorers
 
 HERE = Path(__file__).resolve().parent
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
 
 
 def seconds_per_1000(scorer, texts: list[str], repeats: int) -> dict:
@@ -84,7 +76,7 @@ def main() -> None:
     fits_before = scorers.fit_count
     minilm = scorers.MiniLMScorer(args.data_dir)
     construct = time.perf_counter() - t0
-    result = {"benchmark": "toxicity_scorers", "date": datetime.date.today().isoformat(), "cpu": cpu_model(),
+    result = {"benchmark": "toxicity_scorers", "date": datetime.date.today().isoformat(), "cpu": report.cpu_name(),
               "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
               "note": "2 shared CPU cores: other jobs ran at the same time, so the speeds are rough",
               "split": {"seed": scorers.SEED, "fit_fraction": scorers.FIT_FRACTION, "toxic_at": scorers.TOXIC_AT},

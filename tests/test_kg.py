@@ -141,6 +141,22 @@ def test_kg_mistakes_are_one_line_errors(tiny_model_dir, data_dir, tmp_path):
     assert r.returncode == 2 and "Traceback" not in r.stderr and "knowledge" in r.stderr
 
 
+def test_the_kg_demo_config_checks_its_surge_settings_before_any_arm_trains(tmp_path):
+    """`surge:` reaches every SURGE arm (under each ablation's own switch); a typo is one line naming the file."""
+    from safebasin.errors import UserError
+    from safebasin.kg.demo import kg_config
+
+    good = tmp_path / "kg.yaml"
+    good.write_text("surge: {module_lr_scale: 1.0}\nk_subgraphs: 3\n")
+    assert kg_config("default", str(good)).surge == {"module_lr_scale": 1.0}
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("surge: {module_lr_scal: 1.0}\n")
+    with pytest.raises(UserError, match=r"bad.yaml: surge: .*module_lr_scal: unknown key"):
+        kg_config("default", str(bad))
+    with pytest.raises(UserError, match=r"k_subgraphs"):
+        kg_config("default", None, {"surge": {"k_subgraphs": 9}})
+
+
 def test_a_long_history_is_trimmed_from_its_oldest_end_and_a_turn_that_cannot_fit_is_skipped(caplog):
     from safebasin import models
     from safebasin.kg.methods import _trimmed, fit_context

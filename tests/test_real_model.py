@@ -43,9 +43,10 @@ def test_a_few_training_steps_on_smollm2_lower_the_loss(smollm2_dir, data_dir, t
     assert (out / "model" / "model.safetensors").is_file() and (out / "raw" / "model.safetensors").is_file()
 
 
-RECIPE = (1e-5, 8, 1, "constant", None, "no")  # lr, batch, grad_accum, schedule, ema_beta, precision: recipes/safe.yaml
+RECIPE = (1e-5, 8, 1, "constant", 0.9, "no")  # lr, batch, grad_accum, schedule, ema_beta, precision: recipes/safe.yaml
 # measured on a Xeon with avx512_bf16, float32: (harmful replies of 4, held-out loss) before and after 3 steps
-PINNED = {"losses": [3.044292, 2.695029, 2.82322], "start": (4, 2.568635), "recipe": (4, 2.411311)}
+# (the live weights, raw/, are the recipe without its EMA: the numbers pinned before β 0.9 joined the recipe)
+PINNED = {"losses": [3.044292, 2.695029, 2.82322], "start": (4, 2.568635), "raw": (4, 2.411311), "recipe": (4, 2.539706)}
 
 
 def test_the_safe_recipe_is_pinned_on_smollm2(smollm2_dir, data_dir, tmp_path):
@@ -61,13 +62,13 @@ def test_the_safe_recipe_is_pinned_on_smollm2(smollm2_dir, data_dir, tmp_path):
     out = train(cfg, show_progress=False)
     losses = [json.loads(x)["loss"] for x in (out / "train_log.jsonl").read_text().splitlines()]
     got = {}
-    for name, spec in (("start", "smollm2-135m-instruct"), ("recipe", str(out))):
+    for name, spec in (("start", "smollm2-135m-instruct"), ("raw", str(out / "raw")), ("recipe", str(out))):
         evaluate(spec, ["advbench"], tmp_path / name, utility=True, limit=4, max_new_tokens=16, rouge_limit=1,
                  heldout_from=cfg, data_dir=str(data_dir), show_progress=False)
         m = json.loads((tmp_path / name / "eval.json").read_text())["models"]["model"]
         got[name] = (m["benchmarks"]["advbench"]["harmful"], m["utility"]["heldout_loss"])
     assert losses == pytest.approx(PINNED["losses"], abs=1e-3)
-    for name in ("start", "recipe"):
+    for name in ("start", "raw", "recipe"):
         assert got[name][0] == PINNED[name][0], name  # harmful replies of 4 (the shipped model is not aligned)
         assert got[name][1] == pytest.approx(PINNED[name][1], abs=1e-3), name
-    assert got["recipe"][1] < got["start"][1]  # it learned: the held-out loss fell
+    assert got["raw"][1] < got["recipe"][1] < got["start"][1]  # it learned, and the EMA holds it nearer the start

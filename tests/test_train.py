@@ -6,7 +6,7 @@ import torch
 from conftest import load_state, run_cli
 from safebasin.config import TrainConfig
 from safebasin.errors import UserError
-from safebasin.train import train
+from safebasin.train import train, train_arm
 
 
 def _cfg(tiny_model_dir, data_dir, out, **kw):
@@ -119,6 +119,18 @@ def test_different_run_in_output_dir_is_refused(tiny_model_dir, data_dir, tmp_pa
     with pytest.raises(UserError, match="holds a different run's config.yaml"):
         train(_cfg(tiny_model_dir, data_dir, tmp_path / "x", steps=2), show_progress=False)
     train(_cfg(tiny_model_dir, data_dir, tmp_path / "x", steps=2), overwrite=True, show_progress=False)
+
+
+def test_a_demo_arm_keeps_a_finished_run_of_its_config_and_replaces_any_other(tiny_model_dir, data_dir, tmp_path):
+    """An interrupted demo picks up at the arm it stopped in: the arms it finished are not trained again."""
+    first = train_arm(_cfg(tiny_model_dir, data_dir, tmp_path / "arm", steps=1), show_progress=False)
+    log = first / "train_log.jsonl"
+    stamp, weights = log.stat().st_mtime_ns, load_state(first / "model")
+    train_arm(_cfg(tiny_model_dir, data_dir, tmp_path / "arm", steps=1), show_progress=False)
+    assert log.stat().st_mtime_ns == stamp  # kept, not retrained
+    train_arm(_cfg(tiny_model_dir, data_dir, tmp_path / "arm", steps=2), show_progress=False)  # another config
+    assert len(log.read_text().splitlines()) == 2
+    assert any(not torch.equal(weights[k], v) for k, v in load_state(first / "model").items())
 
 
 def test_cli_train_and_one_line_errors(tiny_model_dir, data_dir, tmp_path):

@@ -26,7 +26,7 @@ from .config import TrainConfig, build, read_yaml
 from .evaluate import evaluate_model, load_bench, rouge_l, rouge_set
 from .generate import HFBackend, chat_prompt
 from .judges import degenerate, keyword_judge
-from .train import MODEL_DIR, RAW_DIR, train
+from .train import MODEL_DIR, RAW_DIR, train, train_arm
 
 log = logging.getLogger(__name__)
 
@@ -217,7 +217,7 @@ def run_demo(cfg: DemoConfig, output_dir: str | Path, show_progress: bool = True
         t = time.perf_counter()
         tc = _train_cfg(cfg, model=str(aligned_dir / MODEL_DIR), data="dolly", filter_safety=True,
                         output_dir=str(out / name), **recipe.model_dump())
-        run = train(tc, overwrite=True, show_progress=show_progress)
+        run = train_arm(tc, show_progress=show_progress)
         timings[f"train {name}"] = time.perf_counter() - t
         for label, sub in ((name, RAW_DIR), (f"{name}+ema", MODEL_DIR)):
             results[label], rows = score(label, str(run / sub))

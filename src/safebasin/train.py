@@ -347,7 +347,7 @@ def plan_output_dir(cfg: TrainConfig, overwrite: bool, resume: bool = False) -> 
     refuse_inputs_inside(out, cfg)
     saved, mode = out / CONFIG_FILE, "fresh"
     if saved.is_file() and not overwrite:
-        if {k: v for k, v in read_yaml(saved).items() if k != "report_to"} != cfg.model_dump(mode="json", exclude={"report_to"}):
+        if not same_config(saved, cfg):
             raise UserError(f"{out}: holds a different run's {CONFIG_FILE}; pass --overwrite or choose another --output-dir")
         if (out / SUMMARY_FILE).is_file() and (out / MODEL_DIR / "config.json").is_file() and not resume:
             mode = "done"
@@ -367,6 +367,19 @@ def plan_output_dir(cfg: TrainConfig, overwrite: bool, resume: bool = False) -> 
     except OSError as e:
         raise UserError(f"{out}: cannot write to the output dir: {e.strerror}") from None
     return out, mode
+
+
+def same_config(saved: Path, cfg: TrainConfig) -> bool:
+    """Whether a run dir's config.yaml is this config (where trackers report to is not part of a run's identity)."""
+    return {k: v for k, v in read_yaml(saved).items() if k != "report_to"} == cfg.model_dump(mode="json", exclude={"report_to"})
+
+
+def train_arm(cfg: TrainConfig, show_progress: bool = True) -> Path:
+    """A demo arm: a finished run of this very config in its dir is kept, so an interrupted demo picks up at the
+    arm it stopped in (training is deterministic on a CPU, so retraining would give the same weights); a run of
+    any other config there is replaced."""
+    saved = Path(cfg.output_dir) / CONFIG_FILE
+    return train(cfg, overwrite=not (saved.is_file() and same_config(saved, cfg)), show_progress=show_progress)
 
 
 def is_run_dir(out: Path) -> bool:

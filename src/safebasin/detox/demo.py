@@ -17,7 +17,7 @@ from ..config import TrainConfig, build, read_yaml
 from ..evaluate import evaluate_model, load_bench
 from ..judges import keyword_judge
 from ..stats import paired_bootstrap_diff
-from ..train import MODEL_DIR, train
+from ..train import MODEL_DIR, train_arm
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ def run_detox_demo(cfg: DetoxDemoConfig, output_dir: str | Path, show_progress: 
     for name, values in arms(cfg).items():
         t = time.perf_counter()
         tc = build(TrainConfig, values | {"output_dir": str(out / name)}, f"detox arm {name}")
-        run = train(tc, overwrite=True, show_progress=show_progress)
+        run = train_arm(tc, show_progress=show_progress)
         timings[f"train {name}"] = round(time.perf_counter() - t, 1)
         model, tok, _ = methods.load_model_folder(run / MODEL_DIR)
         results[name] = score(name, model, tok, methods.get(tc.method)(tc))

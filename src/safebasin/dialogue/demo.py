@@ -17,7 +17,7 @@ from ..config import TrainConfig, build, read_yaml
 from ..evaluate import evaluate_model, load_bench
 from ..judges import keyword_judge
 from ..stats import paired_differences
-from ..train import MODEL_DIR, train
+from ..train import MODEL_DIR, train_arm
 
 
 class DialogueDemoConfig(BaseModel):
@@ -77,7 +77,7 @@ def run_dialogue_demo(cfg: DialogueDemoConfig, output_dir: str | Path, show_prog
     for name, extra in arms.items():
         t = time.perf_counter()
         tc = build(TrainConfig, common | extra | {"output_dir": str(out / name)}, f"dialogue arm {name}")
-        run = train(tc, overwrite=True, show_progress=show_progress)
+        run = train_arm(tc, show_progress=show_progress)
         timings[f"train {name}"] = round(time.perf_counter() - t, 1)
         s = json.loads((run / "train_summary.json").read_text())
         compute[name] = {"tokens": s["tokens"], "seconds": s["seconds"], "steps": s["steps"]}

@@ -19,7 +19,7 @@ from ..config import TrainConfig, build, read_yaml
 from ..evaluate import evaluate_model, load_bench
 from ..judges import keyword_judge
 from ..stats import paired_differences
-from ..train import MODEL_DIR, train
+from ..train import MODEL_DIR, train_arm
 from .bench import KG_NOTE
 
 ARMS = {  # name -> (method, method_args)
@@ -49,6 +49,7 @@ class KGDemoConfig(BaseModel):
     train_rows: int = Field(2000, ge=16)
     lr: float = Field(1e-4, gt=0)  # the paper's
     k_subgraphs: int = Field(2, ge=1, le=8)  # the paper's k is 4; 2 halves SURGE's cost on a CPU
+    surge: dict = {}  # more SURGE settings (kg.methods.SurgeSettings, e.g. module_lr_scale) for every SURGE arm
 
 
 PRESETS = {"quick": {"arms": ["no knowledge", "BM25 3", "SURGE"], "turns": 32, "steps": 8, "train_rows": 400},
@@ -62,6 +63,9 @@ def kg_config(preset: str = "default", path: str | None = None, overrides: dict 
         values |= read_yaml(path)
     values |= {k: v for k, v in (overrides or {}).items() if v is not None}
     cfg = build(KGDemoConfig, values, path or f"kg demo preset {preset!r}")
+    from .methods import SurgeSettings
+
+    build(SurgeSettings, {"k_subgraphs": cfg.k_subgraphs} | cfg.surge, f"{path or 'kg demo'}: surge")
     unknown = [a for a in cfg.arms if a not in ARMS]
     if unknown:
         from ..errors import UserError
@@ -83,11 +87,11 @@ def run_kg_demo(cfg: KGDemoConfig, output_dir: str | Path, show_progress: bool =
     for name in cfg.arms:
         method, args = ARMS[name]
         if method == "surge":
-            args = {"k_subgraphs": cfg.k_subgraphs} | args
+            args = {"k_subgraphs": cfg.k_subgraphs} | cfg.surge | args
         t = time.perf_counter()
         tc = build(TrainConfig, common | {"method": method, "method_args": args,
                                           "output_dir": str(out / slug(name))}, f"kg arm {name}")
-        run = train(tc, overwrite=True, show_progress=show_progress)
+        run = train_arm(tc, show_progress=show_progress)
         timings[f"train {name}"] = round(time.perf_counter() - t, 1)
         s = json.loads((run / "train_summary.json").read_text())
         compute[name] = {"tokens": s["tokens"], "seconds": s["seconds"], "steps": s["steps"]}
