@@ -142,7 +142,7 @@ def test_kg_mistakes_are_one_line_errors(tiny_model_dir, data_dir, tmp_path):
 
 
 def test_the_kg_demo_config_checks_its_surge_settings_before_any_arm_trains(tmp_path):
-    """`surge:` reaches every SURGE arm (under each ablation's own switch); a typo is one line naming the file."""
+    """`surge:` is checked against SurgeSettings when the config loads, before any arm trains: a typo is one line naming the file."""
     from safebasin.errors import UserError
     from safebasin.kg.demo import kg_config
 
