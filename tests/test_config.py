@@ -80,8 +80,8 @@ def test_every_shipped_config_validates():
             assert values["distributed_type"] in ("FSDP", "DEEPSPEED", "MULTI_GPU") and values["mixed_precision"] == "bf16", f
             if values["distributed_type"] == "FSDP":
                 assert values["fsdp_config"]["fsdp_state_dict_type"] == "FULL_STATE_DICT", f  # save gathers the full model
-        elif f.parent.name in SCENARIOS:  # configs/<scenario>/: a `safebasin demo <scenario> --config` file
-            assert SCENARIOS[f.parent.name][0]("default", str(f), {}), f
+        elif (scenario := f.relative_to(ROOT / "configs").parts[0]) in SCENARIOS:  # configs/<scenario>/...: a demo config
+            assert SCENARIOS[scenario][0]("default", str(f), {}), f
         elif "base" in values or "grid" in values or "trials" in values:
             cfg = load_sweep_config(str(f), [], {}, None)
             assert trials(cfg), f

@@ -108,7 +108,11 @@ def test_ablation_switches_change_the_loss_terms(tiny_model_dir, data_dir, tmp_p
     assert "marginal_nll" in log and "retrieval_sup" not in log and "contrastive" not in log
 
 
-def test_surge_modules_learn_faster_than_the_generator(tiny_model_dir, data_dir):
+def test_the_retriever_learns_at_its_own_lr_and_the_film_head_at_the_generators(tiny_model_dir, data_dir):
+    """The retriever's lr is lr × module_lr_scale (default 0.01, chosen on the validation split); FiLM stays at lr."""
+    from safebasin.kg.methods import SurgeSettings
+
+    assert SurgeSettings().module_lr_scale == 0.01
     cfg = _cfg(tiny_model_dir, "/nonexistent", data_dir, method="surge", method_args={"module_lr_scale": 10})
     m = methods.get("surge")(cfg)
     m.args = m.settings(cfg)
@@ -155,6 +159,9 @@ def test_the_kg_demo_config_checks_its_surge_settings_before_any_arm_trains(tmp_
         kg_config("default", str(bad))
     with pytest.raises(UserError, match=r"k_subgraphs"):
         kg_config("default", None, {"surge": {"k_subgraphs": 9}})
+    assert kg_config("default", None, {"bench": "opendialkg-validation"}).bench == "opendialkg-validation"
+    with pytest.raises(UserError, match=r"bench"):  # only the two OpenDialKG benches: a safety bench has no KG fields
+        kg_config("default", None, {"bench": "advbench"})
 
 
 def test_a_long_history_is_trimmed_from_its_oldest_end_and_a_turn_that_cannot_fit_is_skipped(caplog):

@@ -37,6 +37,17 @@ def test_the_bench_is_the_test_split_turns_with_a_gold_path_found_among_their_ca
     assert not any(r["_where"].split(",")[0] in train_dialogues for r in rows)
 
 
+def test_the_validation_bench_is_its_own_dialogues_for_choosing_settings(real, data_dir):
+    """`opendialkg-validation` (where SURGE's settings are chosen) shares no dialogue with the test bench or training."""
+    from safebasin.evaluate import load_bench
+
+    val, test = load_bench("opendialkg-validation", str(data_dir)), load_bench("opendialkg", str(data_dir))
+    assert (len(val.prompts), len(test.prompts)) == (400, 405) and val.kind == test.kind == "kg"
+    dialogue = lambda r: r["_where"].split(",")[0]  # noqa: E731
+    assert not {dialogue(r) for r in val.rows} & {dialogue(r) for r in test.rows}
+    assert not {dialogue(r) for r in val.rows} & {d["_where"] for d in real[2]["train"]}
+
+
 def test_linking_matches_whole_words_most_recent_first(real):
     _, kg, _ = real
     assert kg.link("I like Jordan Spieth, and golf too")[:2] == ["Golf", "Jordan Spieth"]

@@ -13,7 +13,8 @@ candidate is written from the linked entity outwards, like the data's own paths:
 (e, r, o) and (e, ~r, h) for a fact (h, r, e), so a gold path triple is found among the candidates as is.
 
 Importing this module registers the training set `opendialkg` (the train split) and the bench
-`opendialkg` (the test split's turns that have a gold path, the only ones knowledge F1 is defined on).
+`opendialkg` (the test split's turns that have a gold path, the only ones knowledge F1 is defined on), and the
+bench `opendialkg-validation` (the same from the validation split, for choosing settings).
 """
 
 import csv
@@ -264,11 +265,18 @@ def read_train(path: Path) -> list[dict]:
     return [to_row(e) for e in ex]
 
 
-def read_bench(path: Path) -> list[dict]:
-    """The test split's assistant turns that have a gold path (the prompt is the last context message)."""
-    _, ex = examples(path, "test")
+def read_bench(path: Path, split: str = "test") -> list[dict]:
+    """A split's assistant turns that have a gold path (the prompt is the last context message)."""
+    _, ex = examples(path, split)
     return [to_row(e)["meta"] | {"prompt": e["context"][-1]["content"], "_where": e["_where"]} for e in ex if e["gold"]]
+
+
+def read_validation_bench(path: Path) -> list[dict]:
+    """The validation split's turns: where settings are chosen, so the test turns stay unseen until reported."""
+    return read_bench(path, "validation")
 
 
 register_train_set("opendialkg", Named(f"opendialkg/{CSV_FILE}", None, reader=read_train))
 register_bench("opendialkg", Named(f"opendialkg/{CSV_FILE}", None, prompt_field="prompt", reader=read_bench, kind="kg"))
+register_bench("opendialkg-validation", Named(f"opendialkg/{CSV_FILE}", None, prompt_field="prompt",
+                                              reader=read_validation_bench, kind="kg"))

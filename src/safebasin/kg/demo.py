@@ -11,6 +11,7 @@ import json
 import re
 import time
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -42,6 +43,7 @@ class KGDemoConfig(BaseModel):
     seed: int = 0
     arms: list[str] = ["no knowledge", "all facts", "random 3", "BM25 3", "gold path", "SURGE"]
     turns: int = Field(64, ge=2)  # held-out turns with a gold path
+    bench: Literal["opendialkg", "opendialkg-validation"] = "opendialkg"  # test turns, or validation turns to choose settings on
     max_new_tokens: int = Field(32, ge=1)
     steps: int = Field(12, ge=1)
     batch_size: int = Field(8, ge=2)
@@ -79,7 +81,7 @@ def run_kg_demo(cfg: KGDemoConfig, output_dir: str | Path, show_progress: bool =
     out.mkdir(parents=True, exist_ok=True)
     atomic.write_yaml(out / "demo_config.yaml", cfg.model_dump(mode="json"))
     t0, timings, compute, results, generations = time.perf_counter(), {}, {}, {}, []
-    bench = load_bench("opendialkg", cfg.data_dir, limit=cfg.turns)
+    bench = load_bench(cfg.bench, cfg.data_dir, limit=cfg.turns)
     judge = keyword_judge("gcg", cfg.data_dir)  # unused by this bench; evaluate_model's signature wants one
     common = dict(model=cfg.model, data="opendialkg", data_dir=cfg.data_dir, seed=cfg.seed, steps=cfg.steps,
                   batch_size=cfg.batch_size, max_seq_len=cfg.max_seq_len, max_examples=cfg.train_rows, heldout_size=16,
@@ -135,7 +137,7 @@ def make_summary(cfg, results: dict, compute: dict, timings: dict, generations: 
                      "—" if d is None else (f"{d['knowledge_f1']['diff']:+.3f} ({d['knowledge_f1']['low']:+.3f}, "
                                             f"{d['knowledge_f1']['high']:+.3f})"),
                      f"{compute[name]['tokens']:,} tok, {compute[name]['seconds']:.0f} s"])
-    return {"scenario": "kg", "seed": cfg.seed, "benchmark": "opendialkg", "note": KG_NOTE,
+    return {"scenario": "kg", "seed": cfg.seed, "benchmark": cfg.bench, "note": KG_NOTE,
             "settings": cfg.model_dump(mode="json"), "rows": results, "compute": compute,
             "differences_vs_surge": diffs, "timings_s": timings,
             "table": {"columns": ["row", "knowledge F1 (95% CI) ↑", "entity F1 (95% CI) ↑", "unigram F1 ↑", "BLEU-1 / 4 ↑",
@@ -149,12 +151,16 @@ def _triples_text(triples, scores=None) -> str:
                      for i, t in enumerate(triples)) or "—"
 
 
+def _split(settings: dict) -> str:
+    return "validation" if settings.get("bench") == "opendialkg-validation" else "held-out test"
+
+
 def write_report(out: Path, summary: dict, generations: list[dict], shown: int = 5) -> None:
     res = summary["rows"]
     points = [{"label": n, "harmful_rate": r["knowledge_f1"], "ci_low": r["knowledge_f1_ci"][0],
                "ci_high": r["knowledge_f1_ci"][1], "unigram_f1": r["unigram_f1"], "marker": n == "SURGE"} for n, r in res.items()]
     png = report.tradeoff_png(points, "unigram_f1", "unigram F1 against the reference reply (higher is better)",
-                              "OpenDialKG held-out turns: knowledge F1 vs unigram F1",
+                              f"OpenDialKG {_split(summary['settings'])} turns: knowledge F1 vs unigram F1",
                               y_label="knowledge F1 (95% bootstrap CI; higher is better)")
     report.write_png(out / "kg.png", png)
     sections = [("Results", report.table_html(summary["table"]["columns"], summary["table"]["rows"]))]
@@ -169,7 +175,7 @@ def write_report(out: Path, summary: dict, generations: list[dict], shown: int =
         table.append(["reference (gold path)", _triples_text(first["gold"]), first["reference"]])
         sections.append((f"Turn {i + 1}: {history}", report.table_html(["row", "knowledge given (retrieval score)", "reply"], table)))
     s = summary["settings"]
-    notes = [f"{KG_NOTE}. Seed {summary['seed']}; the first {s['turns']} held-out turns with a gold path; greedy, "
+    notes = [f"{KG_NOTE}. Seed {summary['seed']}; the first {s['turns']} {_split(s)} turns with a gold path; greedy, "
              f"{s['max_new_tokens']} new tokens; every row: {s['steps']} steps of batch {s['batch_size']} on the same "
              f"{s['train_rows']} training turns (SURGE marginalises over k={s['k_subgraphs']} subgraphs, so it reads k× the "
              f"tokens). Wall time {summary['timings_s']['total']:.0f} s."]

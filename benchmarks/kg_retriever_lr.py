@@ -1,0 +1,86 @@
+"""Choosing SURGE's `module_lr_scale` on the validation split (issue #17): reads the demo runs of
+configs/kg/choose-retriever-lr/scale-*.yaml (SURGE at 60 steps, scored on the 400 validation turns with a gold
+path) and writes benchmarks/results/kg_retriever_lr.json; generates nothing itself, so it takes seconds.
+
+    for v in 20 0.01; do .venv/bin/safebasin demo kg --config configs/kg/choose-retriever-lr/scale-$v.yaml \\
+        --output-dir runs/kg-choose-retriever-lr/scale-$v; done
+    .venv/bin/python benchmarks/kg_retriever_lr.py [--runs runs/kg-choose-retriever-lr]
+
+The rule, fixed in the configs before any run: the scale with the highest validation knowledge F1 wins;
+retrieval MRR breaks a tie within 0.005. Beside it: every scale against the old default (20) and against BM25's
+ranking of the same turns (BM25 needs no training to rank, so its reciprocal ranks are computed here), paired
+over the turns (stats.paired_bootstrap, 95%).
+"""
+
+import argparse
+import datetime
+import json
+from pathlib import Path
+
+from safebasin import atomic, report
+from safebasin.evaluate import load_bench
+from safebasin.kg import metrics
+from safebasin.kg.bench import PROMPT_BUDGET, choose
+from safebasin.kg.methods import fit_context
+from safebasin.models import load_tokenizer
+from safebasin.stats import paired_bootstrap
+
+RESULTS = Path(__file__).parent / "results" / "kg_retriever_lr.json"
+OLD_DEFAULT, TIE = 20.0, 0.005
+
+
+def bm25_reciprocal_ranks(bench, tokenizer_dir: Path) -> list[float]:
+    """BM25's reciprocal rank of the gold facts per turn, on the history as the bench trims it."""
+    tok = load_tokenizer(str(tokenizer_dir))
+    rows = [r | {"context": fit_context(tok, r["context"], "", "", PROMPT_BUDGET) or r["context"][-1:]} for r in bench.rows]
+    _, rankings = choose(rows, "bm25", None, 0)
+    return [metrics.reciprocal_rank([i for i, _ in rk], r["candidates"], r["gold"]) for rk, r in zip(rankings, rows)]
+
+
+def _diff(a: list[float], b: list[float]) -> dict:
+    return {k: round(v, 4) for k, v in paired_bootstrap(a, b, seed=0).items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", default="runs/kg-choose-retriever-lr")
+    a = ap.parse_args()
+    per, rows = {}, {}
+    for run in sorted(Path(a.runs).glob("scale-*")):
+        if not (run / "summary.json").is_file():
+            continue
+        s = json.loads((run / "summary.json").read_text())
+        scale = float(s["settings"]["surge"].get("module_lr_scale", OLD_DEFAULT))
+        assert s["benchmark"] == "opendialkg-validation", f"{run}: not scored on the validation split"
+        gens = sorted((g for g in map(json.loads, (run / "generations.jsonl").read_text().splitlines()) if g["model"] == "SURGE"),
+                      key=lambda g: g["index"])
+        per[scale] = {k: [g[k] for g in gens] for k in ("knowledge_f1", "entity_f1", "reciprocal_rank")}
+        r = s["rows"]["SURGE"]
+        rows[scale] = {"run": str(run), "knowledge_f1": round(r["knowledge_f1"], 4),
+                       "knowledge_f1_ci": [round(x, 4) for x in r["knowledge_f1_ci"]], "entity_f1": round(r["entity_f1"], 4),
+                       "unigram_f1": round(r["unigram_f1"], 4), "mrr": round(r["retrieval"]["mrr"], 4),
+                       "mrr_ci": [round(x, 4) for x in r["retrieval"]["mrr_ci"]], "hits@1": r["retrieval"]["hits@1"],
+                       "hits@3": r["retrieval"]["hits@3"], "train_seconds": s["compute"]["SURGE"]["seconds"]}
+    if not rows:
+        raise SystemExit(f"{a.runs}: no finished scale-* demo run (see this file's docstring)")
+    any_run = Path(next(iter(rows.values()))["run"])
+    bench = load_bench("opendialkg-validation", None, limit=len(next(iter(per.values()))["reciprocal_rank"]))
+    bm25 = bm25_reciprocal_ranks(bench, any_run / "surge" / "model")
+    for scale, r in rows.items():
+        r["vs_bm25_reciprocal_rank"] = _diff(per[scale]["reciprocal_rank"], bm25)
+        if scale != OLD_DEFAULT and OLD_DEFAULT in per:
+            r["vs_old_default"] = {k: _diff(per[scale][k], per[OLD_DEFAULT][k]) for k in ("knowledge_f1", "reciprocal_rank")}
+    best_f1 = max(r["knowledge_f1"] for r in rows.values())
+    tied = [s for s, r in rows.items() if r["knowledge_f1"] >= best_f1 - TIE]
+    chosen = max(tied, key=lambda s: rows[s]["mrr"])
+    result = {"benchmark": "opendialkg-validation (SURGE at 60 steps, k=2, 400 turns with a gold path)",
+              "rule": f"highest validation knowledge F1; MRR breaks a tie within {TIE}",
+              "bm25_mrr": round(sum(bm25) / len(bm25), 4), "scales": {str(s): rows[s] for s in sorted(rows)},
+              "chosen_module_lr_scale": chosen, "cpu": report.cpu_name(),
+              "date": datetime.date.today().isoformat()}
+    atomic.write_json(RESULTS, result)
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
