@@ -39,4 +39,7 @@ def test_method_reproduces_its_pinned_losses_and_weights(name, tiny_model_dir, d
     weighted = sum(float((v.double() * (i + 1)).sum()) for i, (_, v) in enumerate(sorted(weights.items())))
     want_losses, want_abs, want_weighted = PINNED[name]
     assert losses == pytest.approx(want_losses, abs=2e-6)
-    assert abs_sum == pytest.approx(want_abs, rel=1e-9) and weighted == pytest.approx(want_weighted, rel=1e-9)
+    # rel 1e-6, not tighter: float32 kernels sum in another order on an AVX-512 CPU than on one without (these pins
+    # are the Xeon's; an AMD EPYC without avx512 lands up to 1.7e-7 away), while the methods here differ from
+    # each other by 3e-4 to 5e-2, and the losses above are still held to 2e-6
+    assert abs_sum == pytest.approx(want_abs, rel=1e-6) and weighted == pytest.approx(want_weighted, rel=1e-6)
