@@ -19,9 +19,7 @@ from pathlib import Path
 
 from safebasin import atomic, report
 from safebasin.evaluate import load_bench
-from safebasin.kg import metrics
-from safebasin.kg.bench import PROMPT_BUDGET, choose
-from safebasin.kg.methods import fit_context
+from safebasin.kg.bench import choose, reciprocal_ranks, trimmed_rows
 from safebasin.models import load_tokenizer
 from safebasin.stats import paired_bootstrap
 
@@ -31,10 +29,8 @@ OLD_DEFAULT, TIE = 20.0, 0.005
 
 def bm25_reciprocal_ranks(bench, tokenizer_dir: Path) -> list[float]:
     """BM25's reciprocal rank of the gold facts per turn, on the history as the bench trims it."""
-    tok = load_tokenizer(str(tokenizer_dir))
-    rows = [r | {"context": fit_context(tok, r["context"], "", "", PROMPT_BUDGET) or r["context"][-1:]} for r in bench.rows]
-    _, rankings = choose(rows, "bm25", None, 0)
-    return [metrics.reciprocal_rank([i for i, _ in rk], r["candidates"], r["gold"]) for rk, r in zip(rankings, rows)]
+    rows = trimmed_rows(load_tokenizer(str(tokenizer_dir)), bench.rows)
+    return reciprocal_ranks(choose(rows, "bm25", None, 0)[1], rows)
 
 
 def _diff(a: list[float], b: list[float]) -> dict:
@@ -54,7 +50,7 @@ def main() -> None:
         assert s["benchmark"] == "opendialkg-validation", f"{run}: not scored on the validation split"
         gens = sorted((g for g in map(json.loads, (run / "generations.jsonl").read_text().splitlines()) if g["model"] == "SURGE"),
                       key=lambda g: g["index"])
-        per[scale] = {k: [g[k] for g in gens] for k in ("knowledge_f1", "entity_f1", "reciprocal_rank")}
+        per[scale] = {k: [g[k] for g in gens] for k in ("knowledge_f1", "reciprocal_rank")}
         r = s["rows"]["SURGE"]
         rows[scale] = {"run": str(run), "knowledge_f1": round(r["knowledge_f1"], 4),
                        "knowledge_f1_ci": [round(x, 4) for x in r["knowledge_f1_ci"]], "entity_f1": round(r["entity_f1"], 4),

@@ -34,6 +34,15 @@ def knowledge_source(method) -> str:
     return "none"
 
 
+def trimmed_rows(tok, rows: list[dict]) -> list[dict]:
+    """Each turn with its history cut to the prompt budget, as every row's reply and retrieval see it."""
+    return [r | {"context": fit_context(tok, r["context"], "", "", PROMPT_BUDGET) or r["context"][-1:]} for r in rows]
+
+
+def reciprocal_ranks(rankings: list[list], rows: list[dict]) -> list[float]:
+    return [metrics.reciprocal_rank([i for i, _ in rk], r["candidates"], r["gold"]) for rk, r in zip(rankings, rows)]
+
+
 def choose(rows: list[dict], source: str, model, seed: int) -> tuple[list[list], list[list] | None]:
     """(triples per turn, candidate ranking per turn or None) for a knowledge source."""
     if source == "surge":
@@ -99,10 +108,7 @@ def evaluate_kg(model, tok, bench, *, label: str, batch_size: int = 16, max_new_
     source = knowledge_source(method)
     if source == "surge" and not isinstance(model, SurgeModel):
         source = "none"
-    rows = []
-    for r in bench.rows:
-        ctx = fit_context(tok, r["context"], "", "", PROMPT_BUDGET) or r["context"][-1:]
-        rows.append(r | {"context": ctx})
+    rows = trimmed_rows(tok, bench.rows)
     triples, rankings = choose(rows, source, model, seed)
     max_new = max_new_tokens or DEFAULT_MAX_NEW_TOKENS
     responses = generate(model, tok, rows, triples, source, max_new, batch_size, f"{label}: {bench.name}", show_progress)
@@ -119,7 +125,7 @@ def evaluate_kg(model, tok, bench, *, label: str, batch_size: int = 16, max_new_
         result[f"{name}_ci"] = list(metrics.bootstrap_mean_ci(values, seed=seed))
     rrs = None
     if rankings is not None:
-        rrs = [metrics.reciprocal_rank([i for i, _ in rk], r["candidates"], r["gold"]) for rk, r in zip(rankings, rows)]
+        rrs = reciprocal_ranks(rankings, rows)
         result["retrieval"] = metrics.retrieval_summary(rrs, seed=seed)
     result["gold_in_candidates"] = sum(metrics.reciprocal_rank(list(range(len(r["candidates"]))), r["candidates"], r["gold"]) > 0
                                        for r in rows) / len(rows)
