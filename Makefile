@@ -21,8 +21,9 @@ demo: $(STAMP)
 	.venv/bin/safebasin demo $(ARGS)
 
 # Two workers, one test file each (module fixtures are built once): the many subprocess and I/O waits overlap.
+# --durations lists the slowest tests, so CI's log shows where its time goes.
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 --dist loadfile $(ARGS)
+	$(PY) -m pytest -q -n 2 --dist loadfile --durations=25 $(ARGS)
 
 clean:
 	rm -rf .venv runs

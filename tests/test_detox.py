@@ -206,6 +206,6 @@ def test_the_detox_demo_arms_per_preset():
     assert default["adlm-ewc100"]["method_args"]["ewc_weight"] == 100.0
     assert {k: v for k, v in default["adlm-ewc100"].items() if k != "method_args"} == \
         {k: v for k, v in default["adlm"].items() if k != "method_args"}
-    assert list(arms(detox_config("quick"))) == ["dapt", "atcon", "adlm"]  # CI: the one ADLM arm it checks
+    assert list(arms(detox_config("quick"))) == ["adlm"]  # CI: the one arm it checks, against the base model
     full = arms(detox_config("full"))
     assert full["adlm-no-disc"]["method_args"]["disc_weight"] == 0.0 and full["adlm-no-ewc"]["method_args"]["ewc_weight"] == 0.0

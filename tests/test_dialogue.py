@@ -60,3 +60,18 @@ def test_dialogue_methods_refuse_rows_without_turn_labels(tiny_model_dir, data_d
         train(_cfg(tiny_model_dir, data_dir, tmp_path / "y", data="dolly"), show_progress=False)
     with pytest.raises(UserError, match="unknown level"):
         build(TrainConfig, {"method": "context-instruct", "method_args": {"levels": ["mood"]}})
+
+
+def test_the_quick_dialogue_demo_trains_only_the_arm_ci_checks_and_a_bad_baseline_is_one_line(tmp_path):
+    """--quick trains context-instruct alone (CI compares it with zero-shot); the default trains both baselines too."""
+    from safebasin.dialogue.demo import dialogue_config, trained_arms
+
+    assert list(trained_arms(dialogue_config("quick"))) == ["context-instruct"]
+    default = trained_arms(dialogue_config("default"))
+    assert default == {"response-ft": {"method": "sft"}, "fixed-instruct": {"method": "fixed-instruct"},
+                       "context-instruct": {"method": "context-instruct",
+                                            "method_args": {"levels": ["act", "emotion", "keywords"]}}}
+    bad = tmp_path / "d.yaml"
+    bad.write_text("baselines: [response-ft, few-shot]\n")
+    with pytest.raises(UserError, match=r"d.yaml.*baselines"):
+        dialogue_config("default", str(bad))

@@ -10,7 +10,10 @@ from safebasin.sweep import load_sweep_config, run_sweep
 ray = pytest.importorskip("ray")
 
 
-def test_ray_backend_records_every_trial(tiny_model_dir, data_dir, tmp_path):
+def test_ray_backend_records_every_trial(tiny_model_dir, data_dir, tmp_path, monkeypatch):
+    # Ray starts its workers at nice 15; beside the other pytest worker they got almost no CPU on 2 cores (583 s
+    # for this test, 48 s for a worker's `import torch`), so the local instance here starts them at nice 0.
+    monkeypatch.setenv("RAY_worker_niceness", "0")
     y = tmp_path / "sweep.yaml"
     y.write_text(json.dumps({
         "base": {"model": str(tiny_model_dir), "data": "dolly", "data_dir": str(data_dir), "steps": 1, "batch_size": 2,

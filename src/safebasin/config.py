@@ -191,6 +191,16 @@ def build(cls, values: dict, source: str = "config"):
         raise UserError(f"{source}: invalid config: {e}") from None
 
 
+def from_preset(cls, presets: dict, preset: str, path: str | None = None, overrides: dict | None = None,
+                label: str = "demo"):
+    """A demo's config: the preset's values, then the YAML file's, then the command line's (None = not given), validated once."""
+    values = dict(presets[preset])
+    if path:
+        values |= read_yaml(path)
+    values |= {k: v for k, v in (overrides or {}).items() if v is not None}
+    return build(cls, values, path or f"{label} preset {preset!r}")
+
+
 RECIPES_DIR = Path(__file__).parent / "recipes"  # named recipes: validated YAML shipped in the wheel (docs/guidelines.md)
 
 

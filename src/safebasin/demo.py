@@ -22,7 +22,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from . import atomic, data, models, report
-from .config import TrainConfig, build, read_yaml
+from .config import TrainConfig, build, from_preset, read_yaml
 from .evaluate import evaluate_model, load_bench, rouge_l, rouge_set
 from .generate import HFBackend, chat_prompt
 from .judges import degenerate, keyword_judge
@@ -101,11 +101,7 @@ SCALED_DOWN = [
 
 
 def demo_config(preset: str = "default", path: str | None = None, overrides: dict | None = None) -> DemoConfig:
-    values = dict(PRESETS[preset])
-    if path:
-        values |= read_yaml(path)
-    values |= {k: v for k, v in (overrides or {}).items() if v is not None}
-    return build(DemoConfig, values, path or f"demo preset {preset!r}")
+    return from_preset(DemoConfig, PRESETS, preset, path, overrides, "demo")
 
 
 def native_bf16() -> bool:

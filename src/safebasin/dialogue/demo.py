@@ -9,11 +9,12 @@ instruction (an upper bound) and a shuffled one (a sanity check). Scored on the 
 import json
 import time
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from .. import atomic, methods, models, report
-from ..config import TrainConfig, build, read_yaml
+from ..config import TrainConfig, build, from_preset
 from ..evaluate import evaluate_model, load_bench
 from ..judges import keyword_judge
 from ..stats import paired_differences
@@ -33,18 +34,24 @@ class DialogueDemoConfig(BaseModel):
     train_rows: int = Field(2000, ge=16)
     lr: float = Field(5e-5, gt=0)
     levels: list[str] = ["act", "emotion", "keywords"]
+    # the trained baselines; --quick runs none: CI checks context-instruct against zero-shot, and the two cost 7 of its 13 minutes
+    baselines: list[Literal["response-ft", "fixed-instruct"]] = ["response-ft", "fixed-instruct"]
 
 
-PRESETS = {"quick": {"turns": 32, "steps": 16, "train_rows": 400}, "default": {},
+PRESETS = {"quick": {"turns": 32, "steps": 16, "train_rows": 400, "baselines": []}, "default": {},
            "full": {"turns": 500, "steps": 150, "train_rows": 10000}}
+
+BASELINE_METHODS = {"response-ft": "sft", "fixed-instruct": "fixed-instruct"}
 
 
 def dialogue_config(preset: str = "default", path: str | None = None, overrides: dict | None = None) -> DialogueDemoConfig:
-    values = dict(PRESETS[preset])
-    if path:
-        values |= read_yaml(path)
-    values |= {k: v for k, v in (overrides or {}).items() if v is not None}
-    return build(DialogueDemoConfig, values, path or f"dialogue demo preset {preset!r}")
+    return from_preset(DialogueDemoConfig, PRESETS, preset, path, overrides, "dialogue demo")
+
+
+def trained_arms(cfg: DialogueDemoConfig) -> dict[str, dict]:
+    """name -> the TrainConfig values that differ between arms; zero-shot trains nothing."""
+    arms = {name: {"method": BASELINE_METHODS[name]} for name in cfg.baselines}
+    return arms | {"context-instruct": {"method": "context-instruct", "method_args": {"levels": cfg.levels}}}
 
 
 def run_dialogue_demo(cfg: DialogueDemoConfig, output_dir: str | Path, show_progress: bool = True) -> dict:
@@ -72,9 +79,7 @@ def run_dialogue_demo(cfg: DialogueDemoConfig, output_dir: str | Path, show_prog
     common = dict(model=cfg.model, data="dailydialog", data_dir=cfg.data_dir, seed=cfg.seed, steps=cfg.steps,
                   batch_size=cfg.batch_size, max_seq_len=cfg.max_seq_len, max_examples=cfg.train_rows, heldout_size=16,
                   lr=cfg.lr, schedule="constant", filter_safety=False)
-    arms = {"response-ft": {"method": "sft"}, "fixed-instruct": {"method": "fixed-instruct"},
-            "context-instruct": {"method": "context-instruct", "method_args": {"levels": cfg.levels}}}
-    for name, extra in arms.items():
+    for name, extra in trained_arms(cfg).items():
         t = time.perf_counter()
         tc = build(TrainConfig, common | extra | {"output_dir": str(out / name)}, f"dialogue arm {name}")
         run = train_arm(tc, show_progress=show_progress)

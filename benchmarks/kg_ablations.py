@@ -1,0 +1,73 @@
+"""SURGE's ablations at 60 steps on the validation split (issue #17): which part of SURGE helps.
+
+Reads the demo runs of configs/kg/ablations-60-steps/no-*.yaml (one ablation each, scored on the 400 validation
+turns with a gold path) and the full SURGE of configs/kg/choose-retriever-lr/scale-0.01.yaml (the default,
+same turns, same seed, same training rows), pairs them turn by turn (stats.paired_differences: SURGE − ablation,
+paired bootstrap, 95%) and writes benchmarks/results/kg_ablations.json; generates nothing itself.
+
+    for a in contrastive invariant retriever; do .venv/bin/safebasin demo kg \\
+        --config configs/kg/ablations-60-steps/no-$a.yaml --output-dir runs/kg-ablations-60-steps/no-$a; done
+    .venv/bin/python benchmarks/kg_ablations.py [--runs runs/kg-ablations-60-steps]
+        [--reference runs/kg-choose-retriever-lr/scale-0.01]
+"""
+
+import argparse
+import datetime
+import json
+from pathlib import Path
+
+from safebasin import atomic, report
+from safebasin.stats import paired_differences
+
+RESULTS = Path(__file__).parent / "results" / "kg_ablations.json"
+KEYS = ("knowledge_f1", "entity_f1", "unigram_f1", "reciprocal_rank")
+
+
+def read_run(run: Path) -> tuple[dict, list[dict]]:
+    """A finished demo run's summary and per-turn generations; it must be scored on the validation turns."""
+    s = json.loads((run / "summary.json").read_text())
+    if s["benchmark"] != "opendialkg-validation":
+        raise SystemExit(f"{run}: scored on {s['benchmark']}, not on the validation split")
+    return s, [json.loads(line) for line in (run / "generations.jsonl").read_text().splitlines()]
+
+
+def row_numbers(r: dict, compute: dict) -> dict:
+    ret, cf = r.get("retrieval") or {}, r.get("counterfactual") or {}
+    return {"knowledge_f1": round(r["knowledge_f1"], 4), "knowledge_f1_ci": [round(x, 4) for x in r["knowledge_f1_ci"]],
+            "entity_f1": round(r["entity_f1"], 4), "unigram_f1": round(r["unigram_f1"], 4),
+            "mrr": round(ret["mrr"], 4) if ret else None, "hits@1": ret.get("hits@1"), "hits@3": ret.get("hits@3"),
+            "follows_swapped": cf.get("follows_swapped"), "train_seconds": compute["seconds"]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", default="runs/kg-ablations-60-steps")
+    ap.add_argument("--reference", default="runs/kg-choose-retriever-lr/scale-0.01")
+    a = ap.parse_args()
+    ref_summary, ref_gens = read_run(Path(a.reference))
+    surge = [g for g in ref_gens if g["model"] == "SURGE"]
+    rows = {"SURGE": row_numbers(ref_summary["rows"]["SURGE"], ref_summary["compute"]["SURGE"]) | {"run": a.reference}}
+    generations = list(surge)
+    for run in sorted(Path(a.runs).glob("no-*")):
+        if not (run / "summary.json").is_file():
+            continue
+        s, gens = read_run(run)
+        if s["settings"]["seed"] != ref_summary["settings"]["seed"] or s["settings"]["turns"] != ref_summary["settings"]["turns"]:
+            raise SystemExit(f"{run}: another seed or turn count than {a.reference}; the pairing would be meaningless")
+        for name, r in s["rows"].items():
+            rows[name] = row_numbers(r, s["compute"][name]) | {"run": str(run)}
+        generations += gens
+    if len(rows) == 1:
+        raise SystemExit(f"{a.runs}: no finished no-* demo run (see this file's docstring)")
+    diffs = paired_differences(generations, "SURGE", KEYS, seed=0)
+    for name, d in diffs.items():
+        rows[name]["surge_minus_this"] = {k: {m: round(v, 4) for m, v in x.items()} for k, x in d.items()}
+    result = {"benchmark": "opendialkg-validation (60 steps, k=2, 400 turns with a gold path; the KG is the union "
+                           "of the annotated paths, with far fewer distractors than the real one)",
+              "rows": rows, "cpu": report.cpu_name(), "date": datetime.date.today().isoformat()}
+    atomic.write_json(RESULTS, result)
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
