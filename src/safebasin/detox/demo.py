@@ -8,7 +8,6 @@ sampling, the same offline toxicity scorer and the same fluency model (the base 
 import logging
 import time
 from pathlib import Path
-
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
