@@ -21,6 +21,7 @@ from safebasin.stats import paired_differences
 
 RESULTS = Path(__file__).parent / "results" / "kg_ablations.json"
 KEYS = ("knowledge_f1", "entity_f1", "unigram_f1", "reciprocal_rank")
+PAIRED_SETTINGS = ("seed", "turns", "steps", "batch_size", "train_rows", "k_subgraphs", "lr")  # must match the reference's
 
 
 def read_run(run: Path) -> tuple[dict, list[dict]]:
@@ -45,15 +46,15 @@ def main() -> None:
     ap.add_argument("--reference", default="runs/kg-choose-retriever-lr/scale-0.01")
     a = ap.parse_args()
     ref_summary, ref_gens = read_run(Path(a.reference))
-    surge = [g for g in ref_gens if g["model"] == "SURGE"]
     rows = {"SURGE": row_numbers(ref_summary["rows"]["SURGE"], ref_summary["compute"]["SURGE"]) | {"run": a.reference}}
-    generations = list(surge)
+    generations = [g for g in ref_gens if g["model"] == "SURGE"]
     for run in sorted(Path(a.runs).glob("no-*")):
         if not (run / "summary.json").is_file():
             continue
         s, gens = read_run(run)
-        if s["settings"]["seed"] != ref_summary["settings"]["seed"] or s["settings"]["turns"] != ref_summary["settings"]["turns"]:
-            raise SystemExit(f"{run}: another seed or turn count than {a.reference}; the pairing would be meaningless")
+        differ = [k for k in PAIRED_SETTINGS if s["settings"][k] != ref_summary["settings"][k]]
+        if differ:
+            raise SystemExit(f"{run}: {', '.join(differ)} differ from {a.reference}'s; the pairing would be meaningless")
         for name, r in s["rows"].items():
             rows[name] = row_numbers(r, s["compute"][name]) | {"run": str(run)}
         generations += gens
