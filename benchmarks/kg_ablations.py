@@ -1,12 +1,12 @@
 """SURGE's ablations at 60 steps on the validation split (issue #17): which part of SURGE helps.
 
-Reads the demo runs of configs/kg/ablations-60-steps/no-*.yaml (one ablation each, scored on the 400 validation
-turns with a gold path) and the full SURGE of configs/kg/choose-retriever-lr/scale-0.01.yaml (the default,
+Reads the demo runs of configs/kg/ablations-60-steps/*.yaml (one part off, or one added, each scored on the 400
+validation turns with a gold path) and the full SURGE of configs/kg/choose-retriever-lr/scale-0.01.yaml (the default,
 same turns, same seed, same training rows), pairs them turn by turn (stats.paired_differences: SURGE − ablation,
 paired bootstrap, 95%) and writes benchmarks/results/kg_ablations.json; generates nothing itself.
 
-    for a in contrastive invariant retriever; do .venv/bin/safebasin demo kg \\
-        --config configs/kg/ablations-60-steps/no-$a.yaml --output-dir runs/kg-ablations-60-steps/no-$a; done
+    for a in no-contrastive no-invariant no-retriever plus-facts-as-text; do .venv/bin/safebasin demo kg \\
+        --config configs/kg/ablations-60-steps/$a.yaml --output-dir runs/kg-ablations-60-steps/$a; done
     .venv/bin/python benchmarks/kg_ablations.py [--runs runs/kg-ablations-60-steps]
         [--reference runs/kg-choose-retriever-lr/scale-0.01]
 """
@@ -16,28 +16,15 @@ import datetime
 import json
 from pathlib import Path
 
+from kg_runs import read_run, row_numbers  # benchmarks/kg_runs.py, beside this file
 from safebasin import atomic, report
 from safebasin.stats import paired_differences
 
 RESULTS = Path(__file__).parent / "results" / "kg_ablations.json"
 KEYS = ("knowledge_f1", "entity_f1", "unigram_f1", "reciprocal_rank")
+# besides SURGE − each row: FiLM on the text facts against the same text without it (+ facts as text − that row)
+EXTRA_PAIRS = (("SURGE + facts as text", "facts_as_text_minus_this"),)
 PAIRED_SETTINGS = ("seed", "turns", "steps", "batch_size", "train_rows", "k_subgraphs", "lr")  # must match the reference's
-
-
-def read_run(run: Path) -> tuple[dict, list[dict]]:
-    """A finished demo run's summary and per-turn generations; it must be scored on the validation turns."""
-    s = json.loads((run / "summary.json").read_text())
-    if s["benchmark"] != "opendialkg-validation":
-        raise SystemExit(f"{run}: scored on {s['benchmark']}, not on the validation split")
-    return s, [json.loads(line) for line in (run / "generations.jsonl").read_text().splitlines()]
-
-
-def row_numbers(r: dict, compute: dict) -> dict:
-    ret, cf = r.get("retrieval") or {}, r.get("counterfactual") or {}
-    return {"knowledge_f1": round(r["knowledge_f1"], 4), "knowledge_f1_ci": [round(x, 4) for x in r["knowledge_f1_ci"]],
-            "entity_f1": round(r["entity_f1"], 4), "unigram_f1": round(r["unigram_f1"], 4),
-            "mrr": round(ret["mrr"], 4) if ret else None, "hits@1": ret.get("hits@1"), "hits@3": ret.get("hits@3"),
-            "follows_swapped": cf.get("follows_swapped"), "train_seconds": compute["seconds"]}
 
 
 def main() -> None:
@@ -48,7 +35,7 @@ def main() -> None:
     ref_summary, ref_gens = read_run(Path(a.reference))
     rows = {"SURGE": row_numbers(ref_summary["rows"]["SURGE"], ref_summary["compute"]["SURGE"]) | {"run": a.reference}}
     generations = [g for g in ref_gens if g["model"] == "SURGE"]
-    for run in sorted(Path(a.runs).glob("no-*")):
+    for run in sorted(p for p in Path(a.runs).iterdir() if p.is_dir()):
         if not (run / "summary.json").is_file():
             continue
         s, gens = read_run(run)
@@ -59,10 +46,12 @@ def main() -> None:
             rows[name] = row_numbers(r, s["compute"][name]) | {"run": str(run)}
         generations += gens
     if len(rows) == 1:
-        raise SystemExit(f"{a.runs}: no finished no-* demo run (see this file's docstring)")
-    diffs = paired_differences(generations, "SURGE", KEYS, seed=0)
-    for name, d in diffs.items():
-        rows[name]["surge_minus_this"] = {k: {m: round(v, 4) for m, v in x.items()} for k, x in d.items()}
+        raise SystemExit(f"{a.runs}: no finished demo run (see this file's docstring)")
+    for reference, key in (("SURGE", "surge_minus_this"), *EXTRA_PAIRS):
+        if reference not in rows:
+            continue
+        for name, d in paired_differences(generations, reference, KEYS, seed=0).items():
+            rows[name][key] = {k: {m: round(v, 4) for m, v in x.items()} for k, x in d.items()}
     result = {"benchmark": "opendialkg-validation (60 steps, k=2, 400 turns with a gold path; the KG is the union "
                            "of the annotated paths, with far fewer distractors than the real one)",
               "rows": rows, "cpu": report.cpu_name(), "date": datetime.date.today().isoformat()}

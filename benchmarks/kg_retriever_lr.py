@@ -17,6 +17,7 @@ import datetime
 import json
 from pathlib import Path
 
+from kg_runs import read_run, row_numbers  # benchmarks/kg_runs.py, beside this file
 from safebasin import atomic, report
 from safebasin.evaluate import load_bench
 from safebasin.kg.bench import choose, reciprocal_ranks, trimmed_rows
@@ -45,18 +46,11 @@ def main() -> None:
     for run in sorted(Path(a.runs).glob("scale-*")):
         if not (run / "summary.json").is_file():
             continue
-        s = json.loads((run / "summary.json").read_text())
+        s, gens = read_run(run)
         scale = float(s["settings"]["surge"].get("module_lr_scale", OLD_DEFAULT))
-        assert s["benchmark"] == "opendialkg-validation", f"{run}: not scored on the validation split"
-        gens = sorted((g for g in map(json.loads, (run / "generations.jsonl").read_text().splitlines()) if g["model"] == "SURGE"),
-                      key=lambda g: g["index"])
+        gens = sorted((g for g in gens if g["model"] == "SURGE"), key=lambda g: g["index"])
         per[scale] = {k: [g[k] for g in gens] for k in ("knowledge_f1", "reciprocal_rank")}
-        r = s["rows"]["SURGE"]
-        rows[scale] = {"run": str(run), "knowledge_f1": round(r["knowledge_f1"], 4),
-                       "knowledge_f1_ci": [round(x, 4) for x in r["knowledge_f1_ci"]], "entity_f1": round(r["entity_f1"], 4),
-                       "unigram_f1": round(r["unigram_f1"], 4), "mrr": round(r["retrieval"]["mrr"], 4),
-                       "mrr_ci": [round(x, 4) for x in r["retrieval"]["mrr_ci"]], "hits@1": r["retrieval"]["hits@1"],
-                       "hits@3": r["retrieval"]["hits@3"], "train_seconds": s["compute"]["SURGE"]["seconds"]}
+        rows[scale] = {"run": str(run)} | row_numbers(s["rows"]["SURGE"], s["compute"]["SURGE"])
     if not rows:
         raise SystemExit(f"{a.runs}: no finished scale-* demo run (see this file's docstring)")
     any_run = Path(next(iter(rows.values()))["run"])

@@ -11,7 +11,7 @@ from safebasin.evaluate import evaluate_model, load_bench, run_method
 from safebasin.judges import keyword_judge
 from safebasin.kg import knowledge
 from safebasin.kg.methods import SurgeModel, SurgeSettings, _supervised
-from safebasin.kg.surge import SurgeModules, TextEncoder, sample_subgraphs
+from safebasin.kg.surge import SurgeModules, TextEncoder, knowledge_for, sample_subgraphs
 from safebasin.train import train
 
 from conftest import run_cli
@@ -65,7 +65,10 @@ def test_eval_retrieves_scores_and_runs_the_counterfactual(surge_run, data_dir):
         assert all(s[2] != t[2] for s, t in zip(row["swapped_knowledge"], row["knowledge"]))
 
 
-def test_the_invariant_encoding_ignores_triple_order_and_direction(tiny_model_dir, data_dir):
+@pytest.mark.parametrize("facts_as_text, plain_text", [
+    (False, "Call Me Maybe, Carly Rae Jepsen, Golf, Jordan Spieth"),
+    (True, "Call Me Maybe | Composer | Carly Rae Jepsen; Jordan Spieth | Sport played | Golf")])
+def test_the_invariant_encoding_ignores_triple_order_and_direction(tiny_model_dir, data_dir, facts_as_text, plain_text):
     from safebasin import models
     from safebasin.kg.methods import relation_vocabulary
 
@@ -73,7 +76,7 @@ def test_the_invariant_encoding_ignores_triple_order_and_direction(tiny_model_di
     torch.manual_seed(0)
     modules = SurgeModules(relation_vocabulary(str(data_dir)), lm.config.hidden_size)
     torch.nn.init.normal_(modules.film.weight, std=0.5)  # a trained FiLM, not the zero start
-    model = SurgeModel(lm, modules, TextEncoder(), SurgeSettings())
+    model = SurgeModel(lm, modules, TextEncoder(), SurgeSettings(facts_as_text=facts_as_text))
     meta = {"context": [{"role": "user", "content": "Do you like Call Me Maybe?"}]}
     a = [["Call Me Maybe", "Composer", "Carly Rae Jepsen"], ["Golf", "~Sport played", "Jordan Spieth"]]
     b = [["Jordan Spieth", "Sport played", "Golf"], ["Carly Rae Jepsen", "~Composer", "Call Me Maybe"]]
@@ -83,12 +86,22 @@ def test_the_invariant_encoding_ignores_triple_order_and_direction(tiny_model_di
         ea, ma, _, _ = model.inputs(tok, [meta], [fa], None)
         eb, mb, _, _ = model.inputs(tok, [meta], [fb], None)
         plain = lm.get_input_embeddings()(tok(tok.apply_chat_template(
-            knowledge.messages(meta["context"], "Call Me Maybe, Carly Rae Jepsen, Golf, Jordan Spieth"),
+            knowledge.messages(meta["context"], plain_text),
             add_generation_prompt=True, tokenize=False), add_special_tokens=False, return_tensors="pt")["input_ids"])
     assert torch.equal(ea, eb) and torch.equal(ma, mb)
     assert ea.shape == plain.shape and not torch.equal(ea, plain)  # FiLM moved the entity tokens only
     changed = (ea != plain).any(-1)[0]
     assert 0 < int(changed.sum()) < ea.shape[1]
+
+
+def test_facts_as_text_marks_every_entity_mention_for_film():
+    facts = sorted({knowledge.canonical(t) for t in [["Golf", "~Sport played", "Jordan Spieth"],
+                                                      ["Jordan Spieth", "Award", "Masters"]]})
+    text, spans = knowledge_for(facts, invariant=True, facts_as_text=True)
+    assert text == knowledge.facts_text(facts) == "Jordan Spieth | Award | Masters; Jordan Spieth | Sport played | Golf"
+    assert [(e, text[a:b]) for e, a, b in spans] == [(e, e) for e in ("Jordan Spieth", "Masters", "Jordan Spieth", "Golf")]
+    assert knowledge_for(facts, invariant=False) == (text, [])  # the ablation: the same text, nothing for FiLM
+    assert knowledge_for(facts, invariant=True)[0] == "Golf, Jordan Spieth, Masters"
 
 
 def test_subgraph_sampling_and_the_supervised_term():
@@ -159,6 +172,8 @@ def test_the_kg_demo_config_checks_its_surge_settings_before_any_arm_trains(tmp_
         kg_config("default", str(bad))
     with pytest.raises(UserError, match=r"k_subgraphs"):
         kg_config("default", None, {"surge": {"k_subgraphs": 9}})
+    with pytest.raises(UserError, match=r"facts_as_text .*needs invariant: true"):
+        kg_config("default", None, {"surge": {"facts_as_text": True, "invariant": False}})
     assert kg_config("default", None, {"bench": "opendialkg-validation"}).bench == "opendialkg-validation"
     with pytest.raises(UserError, match=r"bench"):  # only the two OpenDialKG benches: a safety bench has no KG fields
         kg_config("default", None, {"bench": "advbench"})

@@ -33,6 +33,7 @@ ARMS = {  # name -> (method, method_args)
     "SURGE − retriever (BM25)": ("surge", {"retriever": False}),
     "SURGE − invariant encoding": ("surge", {"invariant": False}),
     "SURGE − contrastive": ("surge", {"contrastive": False}),
+    "SURGE + facts as text": ("surge", {"facts_as_text": True}),
 }
 
 

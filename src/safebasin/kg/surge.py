@@ -22,7 +22,7 @@ import math
 import torch
 from torch import nn
 
-from .data import canonical
+from .data import canonical, linearise
 from .knowledge import entities_of, facts_text
 
 MAX_RECENCY = 7
@@ -197,14 +197,25 @@ def sample_subgraphs(scores, n: int, k: int, greedy: bool) -> list[list[int]]:
     return out
 
 
-def knowledge_for(triples: list, invariant: bool) -> tuple[str, list[tuple[str, int, int]]]:
-    """(text, [(entity, start, end) char spans]) for a subgraph: the sorted entities (invariant encoding)
-    or the linearised facts (the ablation)."""
+def knowledge_for(triples: list, invariant: bool, facts_as_text: bool = False) -> tuple[str, list[tuple[str, int, int]]]:
+    """(text, [(entity, start, end) char spans]) for a subgraph, whose triples come sorted and canonical
+    (`subgraph_facts`), so the text is the same whatever their order or direction.
+
+    invariant: the sorted entities, each a FiLM span (the paper's encoding); with facts_as_text, the linearised
+    facts instead, with every entity mention a FiLM span (the encoding added to the text rather than replacing
+    it). Not invariant: the linearised facts, no spans (the ablation)."""
     if not triples:
         return "", []
     if not invariant:
         return facts_text(triples), []
     spans, parts, pos = [], [], 0
+    if facts_as_text:
+        for t in sorted({canonical(t) for t in triples}):
+            line = linearise(t)
+            spans += [(t[0], pos, pos + len(t[0])), (t[2], pos + len(line) - len(t[2]), pos + len(line))]
+            parts.append(line)
+            pos += len(line) + 2
+        return "; ".join(parts), spans
     for e in entities_of(triples):
         spans.append((e, pos, pos + len(e)))
         parts.append(e)
