@@ -177,7 +177,9 @@ def test_the_kg_demo_config_checks_its_surge_settings_before_any_arm_trains(tmp_
     assert kg_config("default", None, {"bench": "opendialkg-validation"}).bench == "opendialkg-validation"
     with pytest.raises(UserError, match=r"bench"):  # only the two OpenDialKG benches: a safety bench has no KG fields
         kg_config("default", None, {"bench": "advbench"})
-    assert kg_config("quick").arms == ["no knowledge", "SURGE"]  # the two rows CI compares
+    quick, default = kg_config("quick"), kg_config("default")
+    assert quick.arms == ["no knowledge", "SURGE"]  # the two rows CI compares ...
+    assert (quick.steps, quick.turns) == (default.steps, default.turns)  # ... at the default demo's scale
 
 
 def test_a_long_history_is_trimmed_from_its_oldest_end_and_a_turn_that_cannot_fit_is_skipped(caplog):
