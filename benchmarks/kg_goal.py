@@ -21,7 +21,6 @@ from safebasin import atomic, report
 from safebasin.stats import paired_differences
 
 RESULTS = Path(__file__).parent / "results" / "kg_goal.json"
-KEYS = ("knowledge_f1", "entity_f1", "reciprocal_rank")
 STEPS = (("random 3", "<", "no knowledge"), ("BM25 3", "<", "random 3"), ("SURGE", "≥", "BM25 3"),
          ("SURGE", "≥", "all facts"), ("gold path", "≥", "SURGE"))  # (upper row, relation, lower row) of the goal
 
