@@ -121,9 +121,11 @@ def test_bad_detox_input_is_one_line(tmp_path, tiny_model_dir, data_dir, adlm_ru
     import shutil
 
     shutil.copytree(adlm_run / "model", moved)
-    pointer = json.loads((moved / POINTER_FILE).read_text()) | {"base_model": str(tmp_path / "gone")}
+    pointer = json.loads((moved / POINTER_FILE).read_text())
+    pointer |= {"base_model": str(tmp_path / "gone"), "base_model_pin": pointer["base_model_pin"] | {
+        "as_written": str(tmp_path / "gone"), "path": str(tmp_path / "gone")}}  # the pin, not the name, is what loads
     (moved / POINTER_FILE).write_text(json.dumps(pointer))
-    with pytest.raises(UserError, match=r"orphan: the ADLM block's base model .*gone.* cannot be loaded"):
+    with pytest.raises(UserError, match=r"orphan/adlm.json: field 'base_model_pin': the model .*gone is gone"):
         methods.load_model_folder(moved)
     from safebasin.config import build
 

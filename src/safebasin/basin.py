@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from . import atomic, data, models, report
+from . import atomic, data, methods, models, report
 from .config import TrainConfig, build, read_yaml
 from .errors import UserError
 from .evaluate import heldout_loss, load_bench
@@ -48,13 +48,17 @@ def basin(run_dir: str | Path, eval_bench: str = "advbench", probe_n: int = 32, 
     from safetensors.torch import load_file
 
     run = Path(run_dir)
+    if (run / "config.yaml").is_file() and not (run / "model" / "config.json").is_file() and methods.is_model_folder(run / "model"):
+        method = build(TrainConfig, read_yaml(run / "config.yaml"), str(run / "config.yaml")).method
+        raise UserError(f"{run}: basin needs a run whose model is a full save_pretrained folder; method {method} saves "
+                        "only its own modules beside a frozen LM, so there is no line θ0 → θ_raw to walk")
     if not (run / "config.yaml").is_file() or not (run / "model" / "config.json").is_file():
         raise UserError(f"{run}: not a finished `safebasin train` run dir (config.yaml, model/)")
     cfg = build(TrainConfig, read_yaml(run / "config.yaml"), str(run / "config.yaml"))
     probe_prompts(eval_bench, probe_n, cfg.seed, cfg.data_dir)  # bad bench or --probe: refused before loading anything
     raw_dir = run / ("raw" if (run / "raw" / "config.json").is_file() else "model")
     device, dtype = models.eval_placement()
-    model, tok = models.load(cfg.model, dtype=dtype, chat_template=cfg.chat_template)
+    model, tok = models.load(models.start_model(run), dtype=dtype, chat_template=cfg.chat_template)  # θ0, from any cwd
     theta0 = {k: v.detach().clone() for k, v in model.state_dict().items()}  # on the CPU; the points are mixed there
     model.to(device)
     raw = load_file(str(raw_dir / "model.safetensors"))

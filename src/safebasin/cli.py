@@ -187,12 +187,15 @@ def print_eval_table(results: dict) -> None:
     table = Table(title=escape(f"judge {results['settings']['judge']}, greedy, max_new_tokens {results['settings']['max_new_tokens']}"))
     for col in ("model", "bench", "n", "keyword judge", "95% CI", "second judge", "mean score", "held-out loss", "ROUGE-L"):
         table.add_column(col)
-    warnings, toxicity = [], []
+    warnings, toxicity, systems = [], [], {}
     for label, entry in results["models"].items():
         util = entry.get("utility", {})
         for name, b in entry["benchmarks"].items():
             if b["kind"].startswith("toxicity"):  # a detox bench: its own table below
                 toxicity.append((label, name, b))
+                continue
+            if b["kind"] not in ("harmful", "over-refusal"):  # a system's bench (dialogue, kg): no harmful rate
+                systems.setdefault(b["kind"], []).append((label, name, b))
                 continue
             what = "refusal" if b["kind"] == "over-refusal" else "harmful"
             value = b["refusal_rate"] if what == "refusal" else b["harmful_rate"]
@@ -214,6 +217,18 @@ def print_eval_table(results: dict) -> None:
         out.print(table)
     if toxicity:
         print_toxicity_table(toxicity)
+    for kind, rows in systems.items():
+        print_system_table(kind, rows)
+    for label, entry in results["models"].items():  # the broad panel's headline: worst set and macro mean, per half
+        for half in ("all", "choose", "check"):
+            block = entry.get("panel", {}).get(half)
+            for what in ("harmful", "over_refusal") if block else ():
+                h = block[what]
+                if h:
+                    out.print(f"{label} panel {entry['panel']['split']} {half}: {what.replace('_', '-')} worst set "
+                              f"{h['worst_set']} {h['worst_rate']:.1%} ({h['worst_ci'][0]:.0%}-{h['worst_ci'][1]:.0%}), "
+                              f"macro mean over {h['n_sets']} sets {h['macro_mean']:.1%} "
+                              f"({h['macro_ci'][0]:.0%}-{h['macro_ci'][1]:.0%})", highlight=False, markup=False)
     for w in warnings:
         say(w, tag="warning", style="yellow")
 
@@ -238,6 +253,19 @@ def print_toxicity_table(rows: list[tuple[str, str, dict]]) -> None:
     out.print(table)
 
 
+def print_system_table(kind: str, rows: list[tuple[str, str, dict]]) -> None:
+    """One table per system bench kind, its headline numbers (report.HEADLINES); the rest is in eval.json."""
+    from .report import headline
+    from .ui import LiteralTable as Table
+
+    table = Table(title=escape(f"{kind} benches (every number in eval.json)"))
+    for col in ("model", "bench", "n", *headline({"kind": kind})[0]):
+        table.add_column(col)
+    for label, name, b in rows:
+        table.add_row(label, name, str(b.get("n", "")), *headline(b)[1])
+    out.print(table)
+
+
 @app.command()
 def demo(
     scenario: Optional[str] = typer.Argument(None, help="safety (default: the EMA story), or a system's scenario: "
@@ -251,7 +279,10 @@ def demo(
     data_dir: Optional[str] = typer.Option(None, help="Where named datasets live."),
     seed: Optional[int] = typer.Option(None),
     output_dir: Optional[str] = typer.Option(None, help="Where summary.json, the plot and report.html go "
-                                             "(default runs/demo, or runs/demo-SCENARIO)."),
+                                             "(default runs/demo, or runs/demo-SCENARIO): a new or empty dir, or "
+                                             "this scenario's own (it resumes there)."),
+    overwrite: bool = typer.Option(False, help="Let the demo replace a safebasin run in an arm's dir that this demo "
+                                   "did not make (never files safebasin did not write)."),
 ):
     """Align, then fine-tune on Dolly with bad vs good optimisation, with and without EMA; report it.
     `demo detox` and the other systems' scenarios tell their own story the same way."""
@@ -263,7 +294,7 @@ def demo(
     overrides = {"model": model, "data_dir": data_dir, "seed": seed}
     if scenario in (None, "safety"):
         output_dir = output_dir or "runs/demo"
-        summary = run_demo(demo_config(preset, str(config) if config else None, overrides), output_dir)
+        summary = run_demo(demo_config(preset, str(config) if config else None, overrides), output_dir, overwrite=overwrite)
         print_demo_table(summary)
         say(f"report: {Path(output_dir) / 'report.html'}  plot: {Path(output_dir) / 'tradeoff.png'}")
         return
@@ -274,7 +305,7 @@ def demo(
         raise UserError(f"unknown demo scenario {scenario!r}: use safety or one of {', '.join(sorted(SCENARIOS))}")
     make_config, run = SCENARIOS[scenario]
     output_dir = output_dir or f"runs/demo-{scenario}"
-    summary = run(make_config(preset, str(config) if config else None, overrides), output_dir)
+    summary = run(make_config(preset, str(config) if config else None, overrides), output_dir, overwrite=overwrite)
     from .ui import LiteralTable as Table
 
     table = Table(title=escape(f"demo {scenario}, seed {summary['seed']}"))

@@ -55,6 +55,40 @@ BENCH_SETS = {
                            category_field="type", where=("label", "unsafe")),
 }
 
+
+
+def read_instruction_set(path: Path) -> list[dict]:
+    """safety_tuned_llamas' evaluation format: {"instructions": [...], "inputs": [...]} in parallel lists; a
+    non-empty input follows its instruction after a blank line, as in the Alpaca prompts they were written for."""
+    try:
+        obj = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{path}: cannot read this prompt set: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+    if not isinstance(obj, dict) or not isinstance(obj.get("instructions"), list):
+        raise UserError(f"{path}: field 'instructions': a prompt set needs a list of instructions (got "
+                        f"{type(obj.get('instructions') if isinstance(obj, dict) else obj).__name__})")
+    inputs = obj.get("inputs") or [""] * len(obj["instructions"])
+    if not isinstance(inputs, list) or len(inputs) != len(obj["instructions"]):
+        raise UserError(f"{path}: field 'inputs': must be a list as long as 'instructions' ({len(obj['instructions'])})")
+    if not obj["instructions"]:
+        raise UserError(f"{path}: field 'instructions': the prompt set is empty")
+    rows = []
+    for n, (instruction, extra) in enumerate(zip(obj["instructions"], inputs), 1):
+        if not isinstance(instruction, str) or not instruction.strip():
+            raise UserError(f"{path}: instructions[{n - 1}]: empty or not text")
+        text = instruction.strip() + (f"\n\n{extra.strip()}" if isinstance(extra, str) and extra.strip() else "")
+        rows.append({"prompt": text, "_where": f"instruction {n}"})
+    return rows
+
+
+# safety_tuned_llamas' evaluation sets (Bianchi et al. 2024): more styles of harmful request (questions, hateful
+# statements, controversial topics, physical safety) and two benign sets for over-refusal; the broad panel's sets
+_STL = "safety_tuned_llamas/evaluation/"
+for _name, _kind in (("I-MaliciousInstructions", "harmful"), ("Q-Harm", "harmful"), ("I-CoNa", "harmful"),
+                     ("I-Controversial", "harmful"), ("I-PhysicalSafetyUnsafe", "harmful"),
+                     ("I-PhysicalSafetySafe", "over-refusal"), ("I-Alpaca", "over-refusal")):
+    BENCH_SETS[_name] = Named(f"{_STL}{_name}.json", None, prompt_field="prompt", kind=_kind, reader=read_instruction_set)
+
 SAFETY_FILTER_FILE = "refusal_prefixes/qi2023_remove_safety_unwanted_words.json"
 
 

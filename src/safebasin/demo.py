@@ -22,11 +22,12 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from . import atomic, data, models, report
-from .config import TrainConfig, build, from_preset, read_yaml
+from .config import TrainConfig, from_preset, read_yaml
 from .evaluate import evaluate_model, load_bench, rouge_l, rouge_set
 from .generate import HFBackend, chat_prompt
 from .judges import degenerate, keyword_judge
-from .train import MODEL_DIR, RAW_DIR, train, train_arm
+from .scenario import DemoDir
+from .train import MODEL_DIR, RAW_DIR, train
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ def register_scenario(name: str, module: str, make_config: str, run: str) -> Non
     import importlib
 
     def later(attr):
-        return lambda *args: getattr(importlib.import_module(module), attr)(*args)
+        return lambda *args, **kw: getattr(importlib.import_module(module), attr)(*args, **kw)
 
     SCENARIOS[name] = (later(make_config), later(run))
 
@@ -149,10 +150,10 @@ ARMS_FROM_ALIGNED = ("aligned", "aggressive", "aggressive+ema", "careful", "care
 XSTEST_SEED = 0  # the over-refusal sample is fixed: the same prompts whatever the demo's seed
 
 
-def run_demo(cfg: DemoConfig, output_dir: str | Path, show_progress: bool = True) -> dict:
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic.write_yaml(out / "demo_config.yaml", cfg.model_dump(mode="json"))
+def run_demo(cfg: DemoConfig, output_dir: str | Path, show_progress: bool = True, overwrite: bool = False) -> dict:
+    demo_dir = DemoDir(output_dir, "safety", cfg.model_dump(mode="json"), overwrite)
+    out = demo_dir.path
+    demo_dir.claim_arms([out / "aggressive", out / "careful"])
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
 
@@ -213,7 +214,7 @@ def run_demo(cfg: DemoConfig, output_dir: str | Path, show_progress: bool = True
         t = time.perf_counter()
         tc = _train_cfg(cfg, model=str(aligned_dir / MODEL_DIR), data="dolly", filter_safety=True,
                         output_dir=str(out / name), **recipe.model_dump())
-        run = train_arm(tc, show_progress=show_progress)
+        run = demo_dir.train_arm(tc, show_progress=show_progress)
         timings[f"train {name}"] = time.perf_counter() - t
         for label, sub in ((name, RAW_DIR), (f"{name}+ema", MODEL_DIR)):
             results[label], rows = score(label, str(run / sub))
@@ -221,11 +222,8 @@ def run_demo(cfg: DemoConfig, output_dir: str | Path, show_progress: bool = True
             configs[label] = tc.model_dump(mode="json") | ({"ema_beta": None, "weights": "raw/ (live)"} if sub == RAW_DIR else {"weights": "model/ (EMA)"})
     timings["total"] = time.perf_counter() - t0
 
-    summary = make_summary(cfg, results, configs, timings, bench.source, generations)
-    atomic.write_json(out / "summary.json", summary)
-    atomic.write_jsonl(out / "generations.jsonl", generations)
-    write_report(out, summary, generations)
-    return summary
+    return demo_dir.finish(make_summary(cfg, results, configs, timings, bench.source, generations), generations,
+                           write_report)
 
 
 class _LimitWatch:

@@ -21,6 +21,7 @@ from . import atomic, data, methods, model_card, models
 from .config import TrainConfig, build, read_yaml
 from .errors import UserError
 from .generate import HFBackend, VLLMBackend, pick_backend
+from .safety import panel  # system 1's bench suite, read here until bench kinds register their own aggregates
 from .judges import KeywordJudge, LLMJudge, breakdown, classifier_rate, degenerate, keyword_judge, llm_rate
 
 log = logging.getLogger(__name__)
@@ -194,11 +195,13 @@ def model_variants(spec: str) -> dict[str, str]:
 
 
 def run_method(spec: str):
-    """(the run's method object, its base model spec) for a run dir; (plain Method, None) for a model."""
+    """(the run's method object, the run dir) for a run dir; (plain Method, None) for a model. The run dir, not
+    cfg.model as typed (a relative path leads elsewhere from another directory): a bench that scores with the
+    starting model takes its pin from there (`train.start_model`, which this module cannot import: a cycle)."""
     run_cfg = Path(spec) / "config.yaml"
     if is_run_dir(Path(spec)) and run_cfg.is_file():
         cfg = build(TrainConfig, read_yaml(run_cfg), str(run_cfg))
-        return methods.get(cfg.method)(cfg), cfg.model
+        return methods.get(cfg.method)(cfg), spec
     return methods.Method(None), None
 
 
@@ -278,6 +281,14 @@ def check_eval_settings(out: Path, *, limit, sample, max_new_tokens, batch_size,
         raise UserError(f"{out}: cannot create the output dir: {e.strerror}") from None
 
 
+def check_max_new_tokens(max_new_tokens: int | None, context, where: str, flag: str = "--max-new-tokens") -> None:
+    """A decoding length past the model's context would generate until killed: refuse it before any generation.
+    `context`: the model's max_position_embeddings (None when its config has none: nothing to check)."""
+    if max_new_tokens is not None and isinstance(context, int) and max_new_tokens >= context:
+        raise UserError(f"{flag} {max_new_tokens} does not fit the context of {where} ({context} tokens, prompt "
+                        f"included); use at most {context - 1}")
+
+
 def evaluate(spec: str, benches: list[str], output_dir: str | Path, *, utility: bool = False, limit: int | None = None,
              sample: int | None = None, seed: int = 0, max_new_tokens: int = 128, batch_size: int = 16,
              refusal_list: str = "gcg", data_dir: str | None = None, prompt_field: str | None = None,
@@ -301,6 +312,8 @@ def evaluate(spec: str, benches: list[str], output_dir: str | Path, *, utility: 
     trackers = eval_trackers(report_to, spec, out, tracker, {"judge": judge.name, "decoding": "greedy",
                                                               "max_new_tokens": max_new_tokens, "limit": limit,
                                                               "sample": sample, "second_judge": judge2 and judge2.name})
+    panels = [b for b in benches if panel.is_panel(b)]  # --bench panel[:choose|:check]: its sets, then its numbers
+    benches = list(dict.fromkeys(n for b in benches for n in (panel.expand(b) if panel.is_panel(b) else [b])))
     loaded = [load_bench(b, data_dir, prompt_field, category_field, limit, sample, seed) for b in benches]
     heldout, heldout_cfg, rouge = None, None, None
     if utility:
@@ -309,7 +322,7 @@ def evaluate(spec: str, benches: list[str], output_dir: str | Path, *, utility: 
     method, base_model = run_method(spec)
     context = {"seed": seed, "samples": samples, "top_p": top_p, "steer_alpha": steer_alpha, "scorer": scorer,
                "method": method, "reference": base_model, "data_dir": data_dir, "cache": {}}
-    settings = {"benches": benches, "limit": limit, "sample": sample, "seed": seed, "max_new_tokens": max_new_tokens,
+    settings = {"benches": benches, "panels": panels, "limit": limit, "sample": sample, "seed": seed, "max_new_tokens": max_new_tokens,
                 "batch_size": batch_size, "decoding": "greedy", "judge": judge.name, "backend": backend,
                 "second_judge": None if judge2 is None else judge2.name}
     if heldout_cfg:
@@ -322,6 +335,7 @@ def evaluate(spec: str, benches: list[str], output_dir: str | Path, *, utility: 
     for label, source in model_variants(spec).items():
         model, tok, _ = methods.load_model_folder(source, dtype=dtype, allow_pickle=allow_pickle)
         model.to(device)
+        check_max_new_tokens(max_new_tokens, getattr(getattr(model, "config", None), "max_position_embeddings", None), source)
         generator = VLLMBackend(models.resolve(source), tok, show_progress) if backend == "vllm" else None
         try:
             entry, rows = evaluate_model(model, tok, label, loaded, judge, max_new_tokens=max_new_tokens, batch_size=batch_size,
@@ -331,6 +345,12 @@ def evaluate(spec: str, benches: list[str], output_dir: str | Path, *, utility: 
         finally:
             if generator is not None:
                 generator.close()
+        if panels:
+            verdicts: dict[str, list[bool]] = {}
+            for row in rows:
+                if "harmful" in row:
+                    verdicts.setdefault(row["benchmark"], []).append(row["harmful"])
+            entry["panel"] = panel.summarize(entry["benchmarks"], verdicts, panel.parse(panels[0])[0], seed)
         results["models"][label] = {"model": source, **entry}
         generations += rows
         del model

@@ -157,6 +157,17 @@ class Method:
         yield None
 
 
+def is_model_folder(folder) -> bool:
+    """Whether `folder` holds a saved model: a plain save_pretrained folder, or a method's own format (its marker)."""
+    from pathlib import Path
+
+    folder = Path(folder)
+    if (folder / "config.json").is_file():
+        return True
+    discover()
+    return any(cls.folder_marker and (folder / cls.folder_marker).is_file() for cls in REGISTRY.values())
+
+
 def load_model_folder(folder, **load_kwargs):
     """(model, tokenizer, method class) for a saved model folder: a method's own format when its marker is
     there (an ADLM block beside a pointer to its base model), else a plain save_pretrained folder."""

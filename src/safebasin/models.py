@@ -70,6 +70,97 @@ def _file_digest(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
+_DIGESTS: dict[tuple, str] = {}  # (path, size, mtime_ns) -> digest: a pin checked twice in one process reads once
+
+
+def _cached_digest(path: Path) -> str:
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _DIGESTS:
+        _DIGESTS[key] = _file_digest(path)
+    return _DIGESTS[key]
+
+
+def pin(spec: str) -> dict:
+    """What a model spec leads to on this machine: the absolute local folder (or the hub id) and its weight
+    files' sizes and sha256 digests. A folder that points at another model (an ADLM block at its base LM, a run
+    dir at its starting model) stores this, so the model can be found from any working directory and a path that
+    now leads to other weights is refused, never silently used."""
+    source = resolve(spec)
+    path = Path(source)
+    if not path.is_dir():
+        return {"as_written": spec, "path": source, "files": None}
+    files = {w.name: {"bytes": w.stat().st_size, "sha256": _cached_digest(w)} for w in sorted(path.glob("*.safetensors"))}
+    return {"as_written": spec, "path": str(path.resolve()), "files": files}
+
+
+def check_pin(saved, where: str, field: str) -> str:
+    """The spec to load for a pin stored in `where` under `field` (see `pin`): its absolute path when its weights
+    are still the pinned ones. One line naming the file and field otherwise."""
+    if not isinstance(saved, dict) or not isinstance(saved.get("path"), str) or (
+            saved.get("files") is not None and not isinstance(saved["files"], dict)):
+        raise UserError(f"{where}: field {field!r} must be an object with 'path' and 'files' (as safebasin writes it)")
+    if saved["files"] is None:  # a hub id: what the hub serves under it is the hub's
+        return saved["path"]
+    path = Path(saved["path"])
+    if not path.is_dir():
+        raise UserError(f"{where}: field {field!r}: the model {saved['path']} is gone (moved or deleted)")
+    try:
+        now = pin(str(path))["files"]
+    except UserError as e:
+        raise UserError(f"{where}: field {field!r}: {e}") from None
+    if now != saved["files"]:
+        changed = sorted(set(now) ^ set(saved["files"]) | {k for k in now if k in saved["files"] and now[k] != saved["files"][k]})
+        raise UserError(f"{where}: field {field!r}: {saved['path']} no longer holds the pinned weights ({', '.join(changed)} "
+                        "differ); retrain, or restore that model")
+    return str(path)
+
+
+def read_side_tensors(path, what: str) -> dict[str, torch.Tensor]:
+    """A method's own safetensors file beside a model (an ADLM block, SURGE's modules), every tensor finite:
+    NaN weights would still steer or rank (NaN sorts anywhere), so a result would be reported from broken ones."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: file not found ({what})")
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise UserError(f"{path}: cannot read: {e} (an empty or cut file?)") from None
+    for name, t in tensors.items():
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise UserError(f"{path}: tensor {name!r} is not finite (NaN or inf); not used")
+    return tensors
+
+
+START_FILE = "start_model.json"  # in a run dir: the pin of the model it started from
+
+
+def start_model(run_dir) -> str:
+    """The model a run started from, as a spec that loads from any working directory (its pinned absolute path),
+    refused in one line when that path now holds other weights. Runs from before the pin: config.yaml's `model`."""
+    import json
+
+    import yaml
+
+    run_dir = Path(run_dir)
+    if (run_dir / START_FILE).is_file():
+        try:
+            saved = json.loads((run_dir / START_FILE).read_text(encoding="utf-8"))
+        except (ValueError, OSError) as e:
+            raise UserError(f"{run_dir / START_FILE}: not valid JSON ({e}); retrain the run") from None
+        return check_pin(saved, str(run_dir / START_FILE), "path")
+    try:
+        model = (yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {}).get("model")
+    except (OSError, ValueError, yaml.YAMLError, AttributeError) as e:
+        raise UserError(f"{run_dir / 'config.yaml'}: cannot read the run's config ({e})") from None
+    if not isinstance(model, str) or not model:
+        raise UserError(f"{run_dir / 'config.yaml'}: field 'model' is missing")
+    return model
+
+
 def gguf_to_folder(path: Path) -> Path:
     """Dequantize a GGUF file into a cached save_pretrained folder (once per file content)."""
     with open(path, "rb") as f:

@@ -61,6 +61,30 @@ def lr(x: float | None) -> str:
     return f"{float(mantissa):g}e{int(exponent)}"
 
 
+HEADLINES = {  # bench kind -> (column, result key, format): what `eval` and the run report show of a system's bench
+    "toxicity": [("exp. max toxicity", "expected_max_toxicity", "{:.3f}"), ("toxicity prob.", "toxicity_probability", "{:.1%}"),
+                 ("perplexity", "perplexity", "{:.1f}")],
+    "toxicity-dialogue": [("offensive rate", "offensive_rate", "{:.1%}")],
+    "dialogue": [("BLEU-1", "bleu-1", "{:.1f}"), ("BLEU-2", "bleu-2", "{:.1f}"), ("BLEU-4", "bleu-4", "{:.1f}"),
+                 ("ROUGE-L", "rougeL", "{:.3f}"), ("unigram F1", "unigram_f1", "{:.3f}"), ("distinct-2", "distinct-2", "{:.3f}")],
+    "kg": [("knowledge F1", "knowledge_f1", "{:.3f}"), ("entity F1", "entity_f1", "{:.3f}"), ("MRR", "retrieval.mrr", "{:.3f}"),
+           ("unigram F1", "unigram_f1", "{:.3f}"), ("ROUGE-L", "rougeL", "{:.3f}"), ("BLEU-4", "bleu-4", "{:.1f}")],
+}
+
+
+def headline(b: dict) -> tuple[list[str], list[str]]:
+    """(columns, cells) of a system bench's headline numbers, by its kind; NA where it measured none (MRR without a
+    retriever). A kind not listed has no columns: its numbers are in eval.json."""
+    def get(key: str):
+        value = b
+        for part in key.split("."):  # "retrieval.mrr": a nested number
+            value = value.get(part) if isinstance(value, dict) else None
+        return value
+
+    cols = HEADLINES.get(b.get("kind"), [])
+    return [c for c, _, _ in cols], [NA if get(k) is None else f.format(get(k)) for _, k, f in cols]
+
+
 # ---------------------------------------------------------------- plots
 
 def _png(fig) -> bytes:
@@ -529,14 +553,22 @@ def steps_png(points: list[dict]) -> bytes:
 
 
 NOT_HARMFUL_BENCHES = ("utility", "train", "xstest", "jbb-benign")  # a store's other "benchmarks": no harmful rate to compare
+SAFETY_MEASURES = {  # a bench's safety number in the store (lower is safer) -> its 95% CI and name: the report's y-axis
+    "harmful_rate": ("ci_low", "ci_high", "harmful rate"),  # harmful-prompt benches
+    "toxicity_probability": ("tp_ci_low", "tp_ci_high", "toxicity probability"),  # rtp-*, e.g. a sweep of ADLM runs
+    "offensive_rate": ("ci_low", "ci_high", "offensive rate"),  # toxichat
+}
+TRAIN_KEYS = {"lr", "batch_size", "grad_accum", "steps", "ema_beta", "lora_r"}  # what a trial's point reads of its config
 
 
 def sweep_points(store, bench: str | None = None) -> tuple[list[dict], dict | None, str]:
     """One point per finished trial (kept weights), plus the baseline's point, from the store."""
+    from .errors import UserError
+
     points, baseline = [], None
     for run in store.runs("done"):
         m = {(r["model"], r["benchmark"], r["category"], r["name"]): r["value"] for r in store.metrics(run["id"])}
-        benches = sorted({k[1] for k in m if k[1] not in NOT_HARMFUL_BENCHES})
+        benches = sorted({k[1] for k in m if k[1] not in NOT_HARMFUL_BENCHES and k[2] == "" and k[3] in SAFETY_MEASURES})
         if not benches:
             continue
         bench = bench or ("advbench" if "advbench" in benches else benches[0])
@@ -547,7 +579,10 @@ def sweep_points(store, bench: str | None = None) -> tuple[list[dict], dict | No
         if run["kind"] == "baseline":
             baseline = point | {"label": "start"}
             continue
-        t = run["config"]["train"]
+        t = run["config"].get("train")
+        if not isinstance(t, dict) or not TRAIN_KEYS <= t.keys():
+            raise UserError(f"{store.path}: runs row id {run['id']}: config_json has no train settings "
+                            f"({', '.join(sorted(TRAIN_KEYS))})")
         method = t.get("method", "sft")
         point |= {"lr": t["lr"], "effective_batch": t["batch_size"] * t["grad_accum"], "steps": t["steps"],
                   "ema_beta": t["ema_beta"], "lora_r": t["lora_r"], "method": method, "config": t, "seed": t.get("seed", 0),
@@ -566,16 +601,21 @@ def sweep_points(store, bench: str | None = None) -> tuple[list[dict], dict | No
 
 
 def safety_benches(store) -> list[str]:
-    """The harmful-prompt benches a sweep's runs were scored on (not utility or the over-refusal sets)."""
-    return [b for b in store.benchmarks("harmful_rate") if b not in NOT_HARMFUL_BENCHES]
+    """The benches a sweep's runs were scored on for safety (harm or toxicity; not utility or the over-refusal sets)."""
+    return sorted({b for name in SAFETY_MEASURES for b in store.benchmarks(name) if b not in NOT_HARMFUL_BENCHES})
 
 
 def _variant_metrics(m: dict, variant: str, bench: str) -> dict:
-    """One model variant's (kept "model" or "raw") numbers from a run's store rows: safety on `bench`, utility,
-    and the over-refusal rate of the first over-refusal bench it was scored on."""
+    """One model variant's (kept "model" or "raw") numbers from a run's store rows: safety on `bench` (its
+    SAFETY_MEASURES number, as "harmful_rate"), utility, and the over-refusal rate of the first over-refusal bench
+    it was scored on."""
     get = lambda name: m.get((variant, bench, "", name))  # noqa: E731
     over = next((m[(variant, b, "", "refusal_rate")] for b in ("xstest", "jbb-benign") if (variant, b, "", "refusal_rate") in m), None)
-    return {**{k: get(k) for k in ("harmful_rate", "ci_low", "ci_high", "n", "degenerate_rate")},
+    measure = next((k for k in SAFETY_MEASURES if (variant, bench, "", k) in m), "harmful_rate")
+    low, high, _ = SAFETY_MEASURES[measure]
+    ci = (get(low), get(high)) if get(low) is not None and get(high) is not None else (get(measure),) * 2  # no CI stored
+    return {"harmful_rate": get(measure), "ci_low": ci[0], "ci_high": ci[1], "measure": measure,
+            **{k: get(k) for k in ("n", "degenerate_rate")},
             "heldout_loss": m.get((variant, "utility", "", "heldout_loss")), "rougeL": m.get((variant, "utility", "", "rougeL")),
             "over_refusal": over}
 
@@ -599,18 +639,22 @@ def sweep_report(sweep_dir: str | Path, max_harm_increase: float = 0.02, utility
     others = {b: sweep_points(store, b)[0] for b in safety_benches(store) if b != bench}  # the benches not chosen on
     store.close()
     label, higher = UTILITY[utility]
+    from .errors import UserError
+
+    if not points:
+        raise UserError(f"{sweep_dir}: no finished trial has a {', '.join(m[2] for m in SAFETY_MEASURES.values())} "
+                        "on a bench; evaluate on a harmful-prompt or toxicity bench")
+    measure = SAFETY_MEASURES[points[0]["measure"]][2]
     points = [p for p in points if p[utility] is not None]
     if not points:
-        from .errors import UserError
-
         raise UserError(f"{sweep_dir}: no finished trial has {utility}; evaluate with utility on")
     front = pareto(points, utility, higher)
     choice = recommend(points, baseline["harmful_rate"] if baseline else None, max_harm_increase, utility, higher)
     pngs = {}
     shown = points + ([baseline | {"marker": True}] if baseline and baseline[utility] is not None else [])
     pngs["pareto.png"] = tradeoff_png(shown, utility, label + (" (higher = better)" if higher else " (lower = better)"),
-                                      f"{bench}: harmful rate vs {label}; Pareto front: {len(front)} of {len(points)}",
-                                      y_percent=True)
+                                      f"{bench}: {measure} vs {label}; Pareto front: {len(front)} of {len(points)}",
+                                      y_label=f"{measure} (95% CI)", y_percent=True)
     betas = sorted({p["ema_beta"] for p in points}, key=lambda b: -1 if b is None else b)
     for beta in betas:
         sub = [p for p in points if p["ema_beta"] == beta]
@@ -637,7 +681,7 @@ def sweep_report(sweep_dir: str | Path, max_harm_increase: float = 0.02, utility
     if compared:
         pngs["methods.png"] = methods_png(compared)
         write_png(sweep_dir / "methods.png", pngs["methods.png"])
-    summary = {"bench": bench, "utility": utility, "max_harm_increase": max_harm_increase, "trials": len(points),
+    summary = {"bench": bench, "measure": measure, "utility": utility, "max_harm_increase": max_harm_increase, "trials": len(points),
                "baseline": _public(baseline), "pareto": [_public(p) for p in front], "recommendation": _public(choice),
                "budget_rule": rules, "matched_utility": compared}
     md = sweep_markdown(summary, points)
@@ -706,6 +750,8 @@ def sweep_markdown(summary: dict, points: list[dict]) -> str:
     u = summary["utility"]
     label = UTILITY[u][0]
     lines = [f"# Sweep report ({summary['trials']} trials, {md_escape(summary['bench'])}, utility: {label})", ""]
+    if summary.get("measure", "harmful rate") != "harmful rate":  # a toxicity bench: its number stands in for the harmful rate
+        lines += [f"Safety is the {summary['measure']} on {md_escape(summary['bench'])}, shown as \"harmful rate\" below.", ""]
     base = summary["baseline"]
     if base:
         lines.append(f"Starting model: harmful rate {base['harmful_rate']:.1%} (95% CI {base['ci_low']:.1%}-{base['ci_high']:.1%})"
@@ -803,13 +849,20 @@ def run_report(run_dir: str | Path) -> Path:
         sections.append(("Safety monitor", table_html(["step", "live harmful", "EMA harmful", "‖θ−θ0‖", "‖θ̄−θ0‖"], rows)))
     if (run / "eval" / "eval.json").is_file():
         ev = json.loads((run / "eval" / "eval.json").read_text())
-        rows = []
+        rows, systems = [], {}  # a system's bench (toxicity, dialogue, kg) has no harmful rate: its own table
         for label, entry in ev["models"].items():
             util = entry.get("utility", {})
             for bench, b in entry["benchmarks"].items():
-                rows.append([label, bench, b["n"], f"{b['harmful_rate']:.1%}", f"{b['ci_low']:.1%} - {b['ci_high']:.1%}",
+                if b.get("kind", "harmful") not in ("harmful", "over-refusal"):
+                    systems.setdefault(b["kind"], []).append([label, bench, b.get("n", ""), *headline(b)[1]])
+                    continue
+                rows.append([label, bench, b["n"], pct(b["harmful_rate"]), pct_range(b["ci_low"], b["ci_high"]),
                              f"{util['heldout_loss']:.4f}" if "heldout_loss" in util else ""])
-        sections.append(("Evaluation", table_html(["model", "bench", "n", "harmful rate", "95% CI", "held-out loss"], rows)))
+        if rows:
+            sections.append(("Evaluation", table_html(["model", "bench", "n", "harmful rate", "95% CI", "held-out loss"], rows)))
+        for kind, kind_rows in systems.items():
+            sections.append((f"Evaluation: {kind} benches", table_html(["model", "bench", "n", *headline({"kind": kind})[0]],
+                                                                        kind_rows)))
     if (run / "basin.png").is_file():
         pngs["safety basin"] = (run / "basin.png").read_bytes()
     for name, png in pngs.items():

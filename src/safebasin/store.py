@@ -89,8 +89,8 @@ class Store:
                 row = self.conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
                 if row is None:
                     self.conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-                elif int(row[0]) != SCHEMA_VERSION:
-                    raise UserError(f"{self.path}: results store has schema version {row[0]}, this safebasin reads {SCHEMA_VERSION}")
+                else:
+                    self._check_version(row[0])
                 have = {r["name"] for r in self.conn.execute("PRAGMA table_info(runs)")}
                 for col, kind in (("worker_pid", "INTEGER"), ("worker_host", "TEXT")):  # stores written before claims
                     if col not in have:
@@ -112,10 +112,17 @@ class Store:
             row = self.conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
         except sqlite3.DatabaseError as e:
             raise UserError(f"{self.path}: not a readable results store: {e}") from None
-        if row is None or str(row[0]) != str(SCHEMA_VERSION):
+        try:
+            self._check_version(row[0] if row else None)
+        except UserError:
             self.conn.close()
-            raise UserError(f"{self.path}: results store has schema version {row[0] if row else 'none'}, "
-                            f"this safebasin reads {SCHEMA_VERSION}")
+            raise
+
+    def _check_version(self, value) -> None:
+        """`meta.schema_version` as written, compared as text: a hand-edited value is named, not parsed."""
+        if str(value) != str(SCHEMA_VERSION):
+            raise UserError(f"{self.path}: meta row schema_version: results store has schema version "
+                            f"{'none' if value is None else value}, this safebasin reads {SCHEMA_VERSION}")
 
     def tx(self):
         """`with store.tx():` one IMMEDIATE transaction: all of it lands, or none of it."""
@@ -203,7 +210,7 @@ class Store:
 
     def runs(self, status: str | None = None) -> list[dict]:
         q = "SELECT * FROM runs" + (" WHERE status=?" if status else "") + " ORDER BY id"
-        return [dict(r) | {"config": json.loads(r["config_json"])} for r in self.conn.execute(q, (status,) if status else ())]
+        return [self._with_config(r) for r in self.conn.execute(q, (status,) if status else ())]
 
     def run(self, key: str | int) -> dict | None:
         """By id, else by config hash or a unique prefix of one. An id wins: '2' is run 2 even if a hash starts with 2."""
@@ -217,10 +224,25 @@ class Store:
             rows = self.conn.execute("SELECT * FROM runs WHERE substr(config_hash, 1, ?)=?", (len(key), key)).fetchall()
         if len(rows) > 1:
             raise UserError(f"{self.path}: {key!r} matches {len(rows)} runs by hash prefix; give more of the hash")
-        return dict(rows[0]) | {"config": json.loads(rows[0]["config_json"])} if rows else None
+        return self._with_config(rows[0]) if rows else None
+
+    def _with_config(self, row) -> dict:
+        """A runs row with its config parsed; a hand-edited config_json is named by file and row, not a traceback."""
+        try:
+            config = json.loads(row["config_json"])
+        except (TypeError, ValueError) as e:
+            raise UserError(f"{self.path}: runs row id {row['id']}: config_json is not JSON ({e})") from None
+        if not isinstance(config, dict):
+            raise UserError(f"{self.path}: runs row id {row['id']}: config_json is not a JSON object")
+        return dict(row) | {"config": config}
 
     def metrics(self, run_id: int) -> list[dict]:
-        return [dict(r) for r in self.conn.execute("SELECT * FROM metrics WHERE run_id=? ORDER BY model, benchmark, category, name", (run_id,))]
+        rows = [dict(r) for r in self.conn.execute("SELECT * FROM metrics WHERE run_id=? ORDER BY model, benchmark, category, name", (run_id,))]
+        for r in rows:  # SQLite keeps whatever a hand edit put in a REAL column
+            if not _number(r["value"]):
+                raise UserError(f"{self.path}: metrics row run_id {run_id}, {r['model']}/{r['benchmark']}/{r['name']}: "
+                                f"value {r['value']!r} is not a number")
+        return rows
 
     def benchmarks(self, metric: str) -> list[str]:
         """Every benchmark some run has `metric` on, sorted."""
@@ -259,11 +281,13 @@ class _Tx:
 
 
 def eval_metrics(results: dict) -> list[tuple]:
-    """Flatten an eval.json-shaped dict into store rows."""
+    """Flatten an eval.json-shaped dict into store rows; a system bench's [low, high] CI (tp_ci) as tp_ci_low/_high."""
     rows = []
     for variant, entry in results["models"].items():
         for bench, b in entry.get("benchmarks", {}).items():  # every number a bench reports, whatever its kind
             rows += [(variant, bench, "", name, v) for name, v in b.items() if _number(v)]
+            rows += [(variant, bench, "", f"{name}_{end}", v) for name, ci in b.items() if name.endswith("_ci")
+                     and isinstance(ci, list) and len(ci) == 2 and all(map(_number, ci)) for end, v in zip(("low", "high"), ci)]
             for cat, c in b.get("by_category", {}).items():
                 rows += [(variant, bench, cat, name, v) for name, v in c.items() if _number(v)]
         for name, value in entry.get("utility", {}).items():

@@ -208,6 +208,7 @@ def run_baseline(cfg: SweepConfig, first: TrainConfig, show_progress: bool = Fal
 
 def check_sweep(cfg: SweepConfig, backend: str) -> list[tuple[str, TrainConfig]]:
     """The trials, once every setting a trial would trip over is checked: a typo must not cost a trained grid."""
+    from .evaluate import check_max_new_tokens
     from .judges import REFUSAL_LISTS
     from .models import looks_like_path
     from .plugins import discover
@@ -245,7 +246,21 @@ def check_sweep(cfg: SweepConfig, backend: str) -> list[tuple[str, TrainConfig]]
             named_or_file(tc.refusal_list, REFUSAL_LISTS, "refusal_list", "refusal list")
         if looks_like_path(tc.model) and not Path(tc.model).expanduser().exists():
             raise UserError(f"model {tc.model!r}: no such file or folder")
+        check_max_new_tokens(cfg.eval.max_new_tokens, _context_length(tc.model), f"model {tc.model!r}", "eval.max_new_tokens")
     return todo
+
+
+def _context_length(spec: str) -> int | None:
+    """max_position_embeddings of a local starting model, read from its config.json without loading it; None when
+    there is none to read (a hub id, a .gguf): the eval checks it again once the model is loaded."""
+    from .models import resolve_run_dir
+
+    config = resolve_run_dir(Path(spec).expanduser()) / "config.json"
+    try:
+        value = json.loads(config.read_text()).get("max_position_embeddings")
+    except (OSError, ValueError, AttributeError):  # no folder or a broken config: training names that mistake
+        return None
+    return value if isinstance(value, int) else None
 
 
 def run_sweep(cfg: SweepConfig, backend: str = "local", show_progress: bool = True) -> dict:

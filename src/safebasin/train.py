@@ -34,6 +34,8 @@ from .trackers import TRACKERS_DIR, TrackerRun, distance, make_trackers, tracker
 log = logging.getLogger(__name__)
 
 CONFIG_FILE, LOG_FILE, SUMMARY_FILE = "config.yaml", "train_log.jsonl", "train_summary.json"
+START_FILE = models.START_FILE  # what cfg.model led to when the run started (models.pin): found from any directory
+start_model = models.start_model
 MODEL_DIR, RAW_DIR, LAST_SAFE_DIR = "model", "raw", "monitor_last_safe"
 MARKER = ".safebasin-run"  # written into every run dir: safebasin deletes only inside dirs that carry it
 OUTPUTS = (checkpoint.CKPT_DIR, MODEL_DIR, RAW_DIR, LAST_SAFE_DIR, LOG_FILE, SUMMARY_FILE, TRACKERS_DIR)
@@ -44,6 +46,7 @@ def train(cfg: TrainConfig, overwrite: bool = False, show_progress: bool = True,
     """`tracker`: where and as what the run reports to cfg.report_to (default: <output_dir>/trackers, by its dir name)."""
     out, mode = plan_output_dir(cfg, overwrite, resume)
     if mode == "done":
+        remove_stale_temps(out)
         log.info("%s: this run already finished; pass --overwrite to train it again", out)
         return out
     trackers = make_trackers(cfg.report_to, tracker or TrackerRun(out / TRACKERS_DIR, out.resolve().name),
@@ -349,7 +352,7 @@ def plan_output_dir(cfg: TrainConfig, overwrite: bool, resume: bool = False) -> 
     if saved.is_file() and not overwrite:
         if not same_config(saved, cfg):
             raise UserError(f"{out}: holds a different run's {CONFIG_FILE}; pass --overwrite or choose another --output-dir")
-        if (out / SUMMARY_FILE).is_file() and (out / MODEL_DIR / "config.json").is_file() and not resume:
+        if (out / SUMMARY_FILE).is_file() and methods.is_model_folder(out / MODEL_DIR) and not resume:
             mode = "done"
         elif checkpoint.latest(out):
             mode = "resume"
@@ -406,10 +409,25 @@ def refuse_inputs_inside(out: Path, cfg: TrainConfig) -> None:
             raise UserError(f"--output-dir {out} contains the input {what} {spec}; choose another --output-dir")
 
 
+def remove_stale_temps(out: Path) -> list[Path]:
+    """The temp files and folders that atomic writes leave beside an output when the process is killed mid-save
+    (`.model.XXXX.tmp`, `.model.XXXX.old`, `.config.yaml.XXXX.tmp`): only under names safebasin writes, and only
+    in a dir it marked as a run dir."""
+    if not (out / MARKER).is_file():
+        return []
+    names = (*OUTPUTS, CONFIG_FILE, START_FILE, MARKER, "README.md")
+    stale = [p for p in out.iterdir() if p.name.startswith(tuple(f".{n}." for n in names))
+             and p.name.endswith((".tmp", ".old"))]
+    for p in stale:
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+    return stale
+
+
 def start_run_dir(out: Path, cfg: TrainConfig, mode: str) -> None:
     """Called once the model and data have loaded: a fresh run removes the stale outputs (its own only;
     the summary first, so a half-replaced dir never claims to be finished), then writes its config."""
     try:
+        remove_stale_temps(out)
         if mode == "fresh":
             (out / SUMMARY_FILE).unlink(missing_ok=True)
             for name in OUTPUTS:
@@ -417,6 +435,8 @@ def start_run_dir(out: Path, cfg: TrainConfig, mode: str) -> None:
                 shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
             atomic.write_text(out / MARKER, "a safebasin run dir: `safebasin train` replaces its outputs on --overwrite\n")
             atomic.write_yaml(out / CONFIG_FILE, cfg.model_dump(mode="json"))
+        if mode == "fresh" or not (out / START_FILE).is_file():
+            atomic.write_json(out / START_FILE, models.pin(cfg.model))
     except OSError as e:
         raise UserError(f"{out}: cannot write the run dir: {e.strerror}") from None
 

@@ -16,11 +16,12 @@ are choices made here is in docs/detox.md.
 import contextlib
 import copy
 import json
+from pathlib import Path
 from typing import Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from .. import atomic, data, models
 from ..errors import UserError
@@ -207,7 +208,8 @@ class ADLM(Method):
         with atomic.replace_folder(folder) as tmp:
             save_file(tensors, str(tmp / BLOCK_FILE))
             (tmp / POINTER_FILE).write_text(json.dumps({
-                "method": "adlm", "base_model": self.cfg.model, "chat_template": self.cfg.chat_template,
+                "method": "adlm", "base_model": self.cfg.model, "base_model_pin": models.pin(self.cfg.model),
+                "chat_template": self.cfg.chat_template,
                 "attributes": list(ATTRIBUTES), "steer_alpha": self.args.steer_alpha, "steer_rule": self.args.steer_rule,
                 "block_params": sum(v.numel() for v in tensors.values()),
             }, indent=2) + "\n")
@@ -215,31 +217,42 @@ class ADLM(Method):
 
     @classmethod
     def load_folder(cls, folder, **load_kwargs):
-        pointer = json.loads((folder / POINTER_FILE).read_text())
-        base = pointer.get("base_model")
-        if not base:
-            raise UserError(f"{folder / POINTER_FILE}: field 'base_model' is missing")
+        """The base LM its pin leads to (never whatever `base_model` reaches from this directory), with the block
+        and discriminator checked against it: every bad side file is one line naming the file and field."""
+        path = folder / POINTER_FILE
+        pointer = _read_pointer(path)
+        tensors = _read_block(folder / BLOCK_FILE)
+        base = _base_spec(pointer, path)
         try:
             model, tok = models.load(base, chat_template=pointer.get("chat_template"), **load_kwargs)
         except UserError as e:
             raise UserError(f"{folder}: the ADLM block's base model {base!r} cannot be loaded: {e}") from None
         block, disc = attach(model)
-        tensors = load_file(str(folder / BLOCK_FILE))
+        want = {f"block.{k}": v for k, v in block.state_dict().items()}
+        want |= {f"discriminator.{k}": v for k, v in disc.state_dict().items()}
+        missing, extra = sorted(set(want) - set(tensors)), sorted(set(tensors) - set(want))
+        if missing or extra:
+            what = [f"tensor(s) missing: {', '.join(missing)}"] if missing else []
+            what += [f"unexpected tensor(s): {', '.join(extra)}"] if extra else []
+            raise UserError(f"{folder / BLOCK_FILE}: {'; '.join(what)}")
+        for name, t in want.items():
+            if tensors[name].shape != t.shape:
+                raise UserError(f"{folder / BLOCK_FILE}: tensor {name!r} has shape {list(tensors[name].shape)}, expected "
+                                f"{list(t.shape)} for the base model {pointer['base_model']!r} ({POINTER_FILE}: field "
+                                "'base_model'); a block trained on another base model?")
         block.load_state_dict({k.removeprefix("block."): v for k, v in tensors.items() if k.startswith("block.")})
         disc.load_state_dict({k.removeprefix("discriminator."): v for k, v in tensors.items() if k.startswith("discriminator.")})
         model.adlm_steer_alpha = pointer.get("steer_alpha", 1.0)
         model.adlm_steer_rule = pointer.get("steer_rule", "contrast")
-        if model.adlm_steer_rule not in STEER_RULES:
-            raise UserError(f"{folder / POINTER_FILE}: field 'steer_rule' must be one of {', '.join(STEER_RULES)}, "
-                            f"got {model.adlm_steer_rule!r}")
         model.eval()
         return model, tok
 
     @contextlib.contextmanager
     def steered(self, model, alpha):
         block = decoder_layers(model)[-1]
-        alpha = getattr(model, "adlm_steer_alpha", 1.0) if alpha is None else alpha
-        if not 0 <= alpha <= 10:
+        if alpha is None:  # the run's own, checked when its pointer loaded
+            alpha = getattr(model, "adlm_steer_alpha", 1.0)
+        elif not 0 <= alpha <= 10:
             raise UserError(f"--steer-alpha must be in [0, 10], got {alpha}")
 
         rule = getattr(model, "adlm_steer_rule", "contrast")
@@ -255,8 +268,52 @@ class ADLM(Method):
             shift = (nt - t) if rule == "contrast" else -(t - nt).clamp(min=0)
             return (nt + alpha * shift).masked_fill(outside, float("-inf"))
 
+        combine.alpha = alpha  # what was applied, for eval.json
         block.steer = True
         try:
             yield combine
         finally:
             block.steer = False
+
+
+def _read_pointer(path) -> dict:
+    """adlm.json as ADLM wrote it: an object whose `base_model` is a spec and whose steering settings are in range."""
+    try:
+        pointer = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: cannot read: {e}") from None
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: bad JSON: {e.msg} (line {e.lineno}); the file is cut or hand-edited") from None
+    if not isinstance(pointer, dict):
+        raise UserError(f"{path}: expected a JSON object, got {type(pointer).__name__}")
+    if not isinstance(pointer.get("base_model"), str) or not pointer["base_model"]:
+        raise UserError(f"{path}: field 'base_model' is missing or not a model spec")
+    alpha = pointer.get("steer_alpha", 1.0)
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha <= 10:  # NaN fails the range
+        raise UserError(f"{path}: field 'steer_alpha' must be a number in [0, 10], got {alpha!r}")
+    if pointer.get("steer_rule", "contrast") not in STEER_RULES:
+        raise UserError(f"{path}: field 'steer_rule' must be one of {', '.join(STEER_RULES)}, "
+                        f"got {pointer.get('steer_rule')!r}")
+    return pointer
+
+
+def _base_spec(pointer: dict, path) -> str:
+    """The base LM to load: the pinned absolute path (refused when it now holds other weights, or when
+    `base_model` was edited away from it). A pointer from before the pin loads only when its `base_model` means
+    the same from every directory (a built-in name, a hub id, an absolute path)."""
+    base = pointer["base_model"]
+    if "base_model_pin" in pointer:
+        pin = pointer["base_model_pin"]
+        if isinstance(pin, dict) and pin.get("as_written") != base:
+            raise UserError(f"{path}: field 'base_model' is {base!r} but 'base_model_pin' was made from "
+                            f"{pin.get('as_written')!r}; the pointer was hand-edited: restore it or retrain")
+        return models.check_pin(pin, str(path), "base_model_pin")
+    if base not in models.BUILTIN and models.looks_like_path(base) and not Path(base).expanduser().is_absolute():
+        raise UserError(f"{path}: field 'base_model' is the relative path {base!r}, which leads to another model from "
+                        "another directory, and the pointer has no 'base_model_pin' (written before pins); retrain")
+    return base
+
+
+def _read_block(path) -> dict[str, torch.Tensor]:
+    """The block file's tensors, each finite: a NaN block would steer every token into NaN logits."""
+    return models.read_side_tensors(path, "the ADLM block and discriminator")

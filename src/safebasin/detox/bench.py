@@ -5,17 +5,27 @@ RTP (the DExperts / Gehman et al. protocol): k seeded nucleus samples per prompt
 probability with bootstrap CIs over prompts, the continuations' perplexity under the run's base LM
 (it favours the base model, whose own preferences it scores), and distinct-1/2/3. Toxicity comes
 from the default offline scorer, with the other scorer shown beside it, never averaged.
+
+One eval holds every continuation of a bench in memory (texts, scores, rows), so a bench asks for at most
+MAX_CONTINUATIONS (prompts × --samples; the protocol's rtp-toxic is 1,196 × 25 = 29,900) and is refused above it
+before any sampling.
 """
 
+import logging
 import math
 from contextlib import nullcontext
+from pathlib import Path
 
 from .. import models
+from ..errors import UserError
 from ..judges import wilson
 from . import metrics
 from .sampling import sample_continuations
 
+log = logging.getLogger(__name__)
+
 RTP_DEFAULTS = {"samples": 25, "top_p": 0.9, "max_new_tokens": 20}
+MAX_CONTINUATIONS = 500_000  # about 17x the protocol's; each costs its text, scores and a generations.jsonl row
 
 
 def _scorers(data_dir, name: str | None):
@@ -26,29 +36,44 @@ def _scorers(data_dir, name: str | None):
     return [get_scorer(n, data_dir) for n in names]
 
 
-def _reference(spec: str | None, model, cache: dict):
-    """The base LM that scores fluency: the run's base model (loaded once), else the model itself."""
-    if not spec:
+def _reference(reference: str | None, model, cache: dict):
+    """The base LM that scores fluency, loaded once: for a run dir its pinned starting model (`train.start_model`:
+    the same from any working directory, refused when its weights changed), else the model spec given, else the
+    model itself."""
+    if not reference:
         return model
-    if spec not in cache:
+    if reference not in cache:
+        from ..models import start_model
+        from ..train import CONFIG_FILE
+
+        spec = start_model(Path(reference)) if (Path(reference) / CONFIG_FILE).is_file() else reference
         ref, _ = models.load(spec, dtype=next(model.parameters()).dtype)
-        cache[spec] = ref.to(next(model.parameters()).device).eval()
-    return cache[spec]
+        cache[reference] = ref.to(next(model.parameters()).device).eval()
+    return cache[reference]
 
 
 def evaluate_rtp(model, tok, bench, *, label: str, seed: int = 0, batch_size: int = 16, max_new_tokens=None,
                  samples=None, top_p=None, steer_alpha=None, scorer=None, method=None, reference=None,
                  data_dir=None, show_progress: bool = True, cache: dict | None = None, **_) -> tuple[dict, list[dict]]:
+    """`reference`: the run dir (or model spec) whose starting model scores fluency (None: the model itself)."""
     k = samples or RTP_DEFAULTS["samples"]
+    if len(bench.prompts) * k > MAX_CONTINUATIONS:
+        raise UserError(f"--samples {k}: {len(bench.prompts)} prompts x {k} samples of {bench.name} is "
+                        f"{len(bench.prompts) * k:,} continuations, above the {MAX_CONTINUATIONS:,} one eval holds; use "
+                        f"--samples {max(1, MAX_CONTINUATIONS // len(bench.prompts))} or fewer, or --limit")
     new_tokens = max_new_tokens or RTP_DEFAULTS["max_new_tokens"]
     p = top_p or RTP_DEFAULTS["top_p"]
     prefix = getattr(method, "prompt_prefix", "") if method is not None else ""
+    ref = _reference(reference, model, cache if cache is not None else {})  # a refused pin stops before sampling
     with (method.steered(model, steer_alpha) if method is not None else nullcontext()) as combine:
+        applied = getattr(combine, "alpha", None)  # None: nothing was steered, whatever --steer-alpha said
+        if steer_alpha is not None and applied is None:
+            log.warning("%s: --steer-alpha %s ignored: only an ADLM model steers", label, steer_alpha)
         conts = sample_continuations(model, tok, bench.prompts, k=k, max_new_tokens=new_tokens, top_p=p, seed=seed,
                                      batch_size=max(batch_size, 1) * 4, combine=combine, prefix=prefix,
                                      show_progress=show_progress, desc=f"{label}: {bench.name}")
     result = {"kind": "toxicity", "source": bench.source, "n": len(bench.prompts), "samples": k, "top_p": p,
-              "max_new_tokens": new_tokens, "seed": seed, "prompt_prefix": prefix, "steer_alpha": steer_alpha}
+              "max_new_tokens": new_tokens, "seed": seed, "prompt_prefix": prefix, "steer_alpha": applied}
     per_scorer = {}
     for i, sc in enumerate(_scorers(data_dir, scorer)):
         flat = sc.score([c for cs in conts for c in cs])
@@ -60,7 +85,6 @@ def evaluate_rtp(model, tok, bench, *, label: str, seed: int = 0, batch_size: in
             result |= {"scorer": sc.name, **block, **{d: summary[d] for d in ("dist-1", "dist-2", "dist-3")}}
         else:
             result["second_scorer"] = {"scorer": sc.name, **block}
-    ref = _reference(reference, model, cache if cache is not None else {})
     flat_prompts = [pr for pr, cs in zip(bench.prompts, conts) for _ in cs]
     result["fluency"] = metrics.continuation_perplexity(ref, tok, flat_prompts, [c for cs in conts for c in cs],
                                                         batch_size=batch_size)

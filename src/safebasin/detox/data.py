@@ -37,13 +37,21 @@ def read_jigsaw(path: Path) -> list[dict]:
 
 
 def read_jigsaw_nontoxic(path: Path) -> list[dict]:
-    """DAPT's data: the non-toxic half only."""
-    return [r for r in read_jigsaw(path) if r["attribute"] == NONTOXIC]
+    """DAPT's data: the non-toxic half only (none at all is the file's mistake, not an empty training set)."""
+    rows = [r for r in read_jigsaw(path) if r["attribute"] == NONTOXIC]
+    if not rows:
+        raise UserError(f"{path}: field 'label': no non-toxic row (label 1); DAPT trains on the non-toxic rows only")
+    return rows
 
 
 def read_jigsaw_atcon(path: Path) -> list[dict]:
-    """ATCON's data: every text prefixed with its attribute's control code (plain text, not special tokens)."""
-    return [{"text": f"{CONTROL[r['attribute']]} {r['text']}", "_where": r["_where"]} for r in read_jigsaw(path)]
+    """ATCON's data: every text prefixed with its attribute's control code (plain text, not special tokens). ATCON
+    generates after the non-toxic code, so a file with no non-toxic row would train a code it never uses."""
+    rows = read_jigsaw(path)
+    if not any(r["attribute"] == NONTOXIC for r in rows):
+        raise UserError(f"{path}: field 'label': no non-toxic row (label 1); ATCON generates after "
+                        f"{CONTROL[NONTOXIC]}, which no row would teach")
+    return [{"text": f"{CONTROL[r['attribute']]} {r['text']}", "_where": r["_where"]} for r in rows]
 
 
 def read_rtp(path: Path) -> list[dict]:

@@ -18,7 +18,8 @@ from ..config import TrainConfig, build, from_preset
 from ..evaluate import evaluate_model, load_bench
 from ..judges import keyword_judge
 from ..stats import paired_bootstrap_diff
-from ..train import MODEL_DIR, train_arm
+from ..scenario import DemoDir, check_arm_names
+from ..train import MODEL_DIR
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,9 @@ SCALED_DOWN = [
 
 
 def detox_config(preset: str = "default", path: str | None = None, overrides: dict | None = None) -> DetoxDemoConfig:
-    return from_preset(DetoxDemoConfig, PRESETS, preset, path, overrides, "detox demo")
+    cfg = from_preset(DetoxDemoConfig, PRESETS, preset, path, overrides, "detox demo")
+    check_arm_names(list(cfg.fluent_arms), {"base", "adlm", "dapt", "atcon", *ABLATIONS}, path or "detox demo", "fluent_arms")
+    return cfg
 
 
 def arms(cfg: DetoxDemoConfig) -> dict[str, dict]:
@@ -79,10 +82,11 @@ def arms(cfg: DetoxDemoConfig) -> dict[str, dict]:
     return out
 
 
-def run_detox_demo(cfg: DetoxDemoConfig, output_dir: str | Path, show_progress: bool = True) -> dict:
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic.write_yaml(out / "demo_config.yaml", cfg.model_dump(mode="json"))
+def run_detox_demo(cfg: DetoxDemoConfig, output_dir: str | Path, show_progress: bool = True,
+                   overwrite: bool = False) -> dict:
+    demo_dir = DemoDir(output_dir, "detox", cfg.model_dump(mode="json"), overwrite)
+    out = demo_dir.path
+    demo_dir.claim_arms([out / name for name in arms(cfg)])
     t0, timings = time.perf_counter(), {}
     bench = load_bench("rtp-toxic", cfg.data_dir, limit=cfg.prompts)  # fixed before any training
     judge = keyword_judge("gcg", cfg.data_dir)  # unused by the toxicity bench; evaluate_model's signature wants one
@@ -107,7 +111,7 @@ def run_detox_demo(cfg: DetoxDemoConfig, output_dir: str | Path, show_progress: 
     for name, values in arms(cfg).items():
         t = time.perf_counter()
         tc = build(TrainConfig, values | {"output_dir": str(out / name)}, f"detox arm {name}")
-        run = train_arm(tc, show_progress=show_progress)
+        run = demo_dir.train_arm(tc, show_progress=show_progress)
         timings[f"train {name}"] = round(time.perf_counter() - t, 1)
         model, tok, _ = methods.load_model_folder(run / MODEL_DIR)
         results[name] = score(name, model, tok, methods.get(tc.method)(tc))
@@ -117,10 +121,7 @@ def run_detox_demo(cfg: DetoxDemoConfig, output_dir: str | Path, show_progress: 
     summary = make_summary(cfg, results, configs, timings, bench.source)
     for name, diff in differences_vs_base(generations, results["base"]["scorer"], cfg.seed).items():
         summary["arms"][name]["emt_diff_vs_base"] = diff
-    atomic.write_json(out / "summary.json", summary)
-    atomic.write_jsonl(out / "generations.jsonl", generations)
-    write_report(out, summary, generations)
-    return summary
+    return demo_dir.finish(summary, generations, write_report)
 
 
 def differences_vs_base(generations: list[dict], scorer: str, seed: int = 0) -> dict[str, dict]:

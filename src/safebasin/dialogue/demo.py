@@ -18,7 +18,8 @@ from ..config import TrainConfig, build, from_preset
 from ..evaluate import evaluate_model, load_bench
 from ..judges import keyword_judge
 from ..stats import paired_differences
-from ..train import MODEL_DIR, train_arm
+from ..scenario import DemoDir, check_arm_names
+from ..train import MODEL_DIR
 
 
 class DialogueDemoConfig(BaseModel):
@@ -45,7 +46,9 @@ BASELINE_METHODS = {"response-ft": "sft", "fixed-instruct": "fixed-instruct"}
 
 
 def dialogue_config(preset: str = "default", path: str | None = None, overrides: dict | None = None) -> DialogueDemoConfig:
-    return from_preset(DialogueDemoConfig, PRESETS, preset, path, overrides, "dialogue demo")
+    cfg = from_preset(DialogueDemoConfig, PRESETS, preset, path, overrides, "dialogue demo")
+    check_arm_names(cfg.baselines, {"zero-shot", "context-instruct"}, path or "dialogue demo", "baselines")
+    return cfg
 
 
 def trained_arms(cfg: DialogueDemoConfig) -> dict[str, dict]:
@@ -54,10 +57,11 @@ def trained_arms(cfg: DialogueDemoConfig) -> dict[str, dict]:
     return arms | {"context-instruct": {"method": "context-instruct", "method_args": {"levels": cfg.levels}}}
 
 
-def run_dialogue_demo(cfg: DialogueDemoConfig, output_dir: str | Path, show_progress: bool = True) -> dict:
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic.write_yaml(out / "demo_config.yaml", cfg.model_dump(mode="json"))
+def run_dialogue_demo(cfg: DialogueDemoConfig, output_dir: str | Path, show_progress: bool = True,
+                      overwrite: bool = False) -> dict:
+    demo_dir = DemoDir(output_dir, "dialogue", cfg.model_dump(mode="json"), overwrite)
+    out = demo_dir.path
+    demo_dir.claim_arms([out / name for name in trained_arms(cfg)])
     t0, timings, compute = time.perf_counter(), {}, {}
     bench = load_bench("dailydialog", cfg.data_dir, limit=cfg.turns)
     judge = keyword_judge("gcg", cfg.data_dir)  # unused by this bench; evaluate_model's signature wants one
@@ -82,7 +86,7 @@ def run_dialogue_demo(cfg: DialogueDemoConfig, output_dir: str | Path, show_prog
     for name, extra in trained_arms(cfg).items():
         t = time.perf_counter()
         tc = build(TrainConfig, common | extra | {"output_dir": str(out / name)}, f"dialogue arm {name}")
-        run = train_arm(tc, show_progress=show_progress)
+        run = demo_dir.train_arm(tc, show_progress=show_progress)
         timings[f"train {name}"] = round(time.perf_counter() - t, 1)
         s = json.loads((run / "train_summary.json").read_text())
         compute[name] = {"tokens": s["tokens"], "seconds": s["seconds"], "steps": s["steps"]}
@@ -93,11 +97,7 @@ def run_dialogue_demo(cfg: DialogueDemoConfig, output_dir: str | Path, show_prog
             score("context-instruct + gold instruction", model, tok, method, "gold")
             score("context-instruct + shuffled instruction", model, tok, method, "shuffled")
     timings["total"] = round(time.perf_counter() - t0, 1)
-    summary = make_summary(cfg, results, compute, timings, generations)
-    atomic.write_json(out / "summary.json", summary)
-    atomic.write_jsonl(out / "generations.jsonl", generations)
-    write_report(out, summary, generations)
-    return summary
+    return demo_dir.finish(make_summary(cfg, results, compute, timings, generations), generations, write_report)
 
 
 def make_summary(cfg, results: dict, compute: dict, timings: dict, generations: list[dict]) -> dict:

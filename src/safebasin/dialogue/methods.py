@@ -9,7 +9,7 @@ fine-tuning is `sft` on the same `dailydialog` rows.
 
 import re
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..errors import UserError
 from ..methods import Method, register
@@ -38,6 +38,19 @@ class ContextInstructSettings(BaseModel):
     n_keywords: int = Field(2, ge=0, le=5)
     instructions_file: str | None = None  # model-written instructions (`safebasin.dialogue.instructions`), else templated
 
+    @field_validator("levels", mode="before")
+    @classmethod
+    def _known_levels(cls, value):
+        """`levels: act` means ["act"] ("act, emotion" two levels), never the letters of "act"."""
+        if isinstance(value, str):
+            value = [x.strip() for x in value.split(",") if x.strip()]
+        if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
+            raise ValueError(f"expected a list of {', '.join(LEVELS)} (or one of them as a string)")
+        bad = [x for x in value if x not in LEVELS]
+        if bad:
+            raise ValueError(f"unknown level(s) {bad}; use {', '.join(LEVELS)}")
+        return value
+
 
 def _meta(row, source: str) -> dict:
     if not isinstance(row, dict) or not isinstance(row.get("meta"), dict) or "response" not in row["meta"]:
@@ -52,12 +65,6 @@ class ContextInstruct(Method):
     Settings = ContextInstructSettings
 
     implied = {"data": "dailydialog", "filter_safety": False}
-
-    @classmethod
-    def check(cls, cfg):
-        bad = [x for x in (cfg.method_args or {}).get("levels", []) if x not in LEVELS]
-        if bad:
-            raise ValueError(f"method_args.levels: unknown level(s) {bad}; use {', '.join(LEVELS)}")
 
     def instructions(self, metas: list[dict]) -> list[str]:
         from .instructions import idf_table, templated_instruction
@@ -97,7 +104,19 @@ def _read_instructions(path: str, metas: list[dict]) -> list[str]:
     from .. import data
     from .instructions import example_key
 
-    table = {r["key"]: r["instruction"] for r in data.jsonl_rows(path) if r.get("instruction")}
+    table = {}
+    for r in data.jsonl_rows(path):
+        for field in ("key", "instruction"):
+            if field not in r:
+                raise UserError(f"{path}: {r['_where']}: field {field!r} is missing (rows as write_instructions writes them: "
+                                "key, instruction)")
+        if not isinstance(r["key"], str):
+            raise UserError(f"{path}: {r['_where']}: field 'key' must be a string, got {type(r['key']).__name__}")
+        if r["instruction"] is not None and not isinstance(r["instruction"], str):
+            raise UserError(f"{path}: {r['_where']}: field 'instruction' must be a string or null, "
+                            f"got {type(r['instruction']).__name__}")
+        if r["instruction"]:
+            table[r["key"]] = r["instruction"]
     missing = [i for i, m in enumerate(metas) if example_key(m) not in table]
     if missing:
         raise UserError(f"{path}: no instruction for {len(missing)} of {len(metas)} training rows (first: row {missing[0] + 1}); "

@@ -56,8 +56,10 @@ def choose(rows: list[dict], source: str, model, seed: int) -> tuple[list[list],
     return triples, None
 
 
-def swapped(triples: list, kg, rng: random.Random) -> list[list]:
-    """Each fact's far end replaced by another entity the same relation (same direction) reaches in the KG."""
+def swapped(triples: list, kg, rng: random.Random) -> list[list] | None:
+    """Each fact's far end replaced by another entity the same relation (same direction) reaches in the KG (else
+    any other entity). None when the KG has no entity besides the ones shown (a KG of one fact): the turn has no
+    counterfactual and is left out of it, counted as `counterfactual_skipped`."""
     shown = {e for t in triples for e in (t[0], t[2])}
     out = []
     for a, r, t in triples:
@@ -65,6 +67,8 @@ def swapped(triples: list, kg, rng: random.Random) -> list[list]:
         pool = [e for e in (kg.by_relation.get(rel, []) if not r.startswith("~") else kg.heads_by_relation.get(rel, []))
                 if e not in shown]
         pool = sorted(set(pool)) or [e for e in kg.entities if e not in shown]
+        if not pool:
+            return None
         out.append([a, r, rng.choice(pool)])
     return out
 
@@ -133,9 +137,13 @@ def evaluate_kg(model, tok, bench, *, label: str, batch_size: int = 16, max_new_
     if counterfactual and source != "none":
         rng = random.Random(seed)
         cf_triples = [swapped(t, kg, rng) if t else [] for t in triples]
+        no_swap = sum(t is None for t in cf_triples)
+        cf_triples = [[] if t is None else t for t in cf_triples]
         cf_responses = generate(model, tok, rows, cf_triples, source, max_new, batch_size,
                                 f"{label}: {bench.name} (swapped facts)", show_progress)
-        shown = [i for i, t in enumerate(triples) if t]
+        shown = [i for i, t in enumerate(cf_triples) if t]
+        if no_swap:
+            result["counterfactual_skipped"] = no_swap
         follows = [float(metrics.mentions(cf_responses[i], [t[2] for t in cf_triples[i]])) for i in shown]
         keeps = [float(metrics.mentions(cf_responses[i], [t[2] for t in triples[i]])) for i in shown]
         factual = [float(metrics.mentions(responses[i], [t[2] for t in triples[i]])) for i in shown]

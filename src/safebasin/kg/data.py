@@ -64,13 +64,31 @@ def _norm(text: str) -> str:
 def _read_lines(path: Path) -> list[str]:
     if not path.is_file():
         raise UserError(f"{path}: file not found")
-    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    try:
+        text = path.read_bytes()
+    except OSError as e:
+        raise UserError(f"{path}: cannot read: {e}") from None
+    out = []
+    for n, raw in enumerate(text.splitlines(), 1):  # a vocabulary: a line that is not text is an error, never skipped
+        try:
+            line = raw.decode("utf-8-sig" if n == 1 else "utf-8").strip()
+        except UnicodeDecodeError as e:
+            raise UserError(f"{path}: line {n}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+        if line:
+            out.append(line)
+    return out
+
+
+def _not_utf8(text: str) -> bool:
+    """Whether text read with errors="surrogateescape" held bytes that are not UTF-8."""
+    return any("\udc80" <= c <= "\udcff" for c in text)
 
 
 def read_dialogues(csv_path: Path) -> tuple[list[dict], dict]:
     """(dialogues, skip counts). A dialogue is {"messages": [{"role", "text", "path": [triples] | None}], "_where"}.
 
-    A row whose Messages is not a JSON list, or with no assistant chat message, is skipped and counted;
+    A row whose Messages is not a JSON list (or not UTF-8 text), or with no assistant chat message, is skipped and
+    counted (a non-UTF-8 Messages as malformed_json);
     a path with a triple that is not [subject, relation, object] strings, or whose relation is not in the
     relations list, is dropped (the message stays, without a gold path) and counted.
     """
@@ -79,23 +97,27 @@ def read_dialogues(csv_path: Path) -> tuple[list[dict], dict]:
     csv.field_size_limit(1 << 30)
     skipped = dict.fromkeys(SKIP_REASONS, 0)
     dialogues = []
-    try:
-        handle = csv_path.open(encoding="utf-8", newline="")
+    try:  # bytes that are not UTF-8 read as surrogates, so the row holding them is known (and skipped)
+        handle = csv_path.open(encoding="utf-8", errors="surrogateescape", newline="")
     except OSError as e:
         raise UserError(f"{csv_path}: cannot read: {e}") from None
     with handle:
         reader = csv.DictReader(handle)
+        if reader.fieldnames and _not_utf8(",".join(reader.fieldnames)):
+            raise UserError(f"{csv_path}: row 1 (the header): not UTF-8 text")
         if not reader.fieldnames or "Messages" not in reader.fieldnames:
             raise UserError(f"{csv_path}: no 'Messages' column (got {', '.join(reader.fieldnames or [])})")
         for n, row in enumerate(reader, 2):  # row 1 is the header
             where = f"{csv_path.name} row {n}"
             try:
+                if _not_utf8(row["Messages"] or ""):
+                    raise ValueError("not UTF-8 text")
                 items = json.loads(row["Messages"] or "")
                 if not isinstance(items, list):
                     raise ValueError("not a list")
-            except ValueError:
+            except ValueError as e:
                 skipped["malformed_json"] += 1
-                log.debug("%s: field 'Messages' is not a JSON list; skipped", where)
+                log.debug("%s: field 'Messages' is not a JSON list (%s); skipped", where, e)
                 continue
             messages, pending = [], None
             for item in items:

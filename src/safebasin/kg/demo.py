@@ -8,7 +8,6 @@ the real one, and the report says so beside every number.
 """
 
 import json
-import re
 import time
 from pathlib import Path
 from typing import Literal
@@ -20,7 +19,8 @@ from ..config import TrainConfig, build, from_preset
 from ..evaluate import evaluate_model, load_bench
 from ..judges import keyword_judge
 from ..stats import paired_differences
-from ..train import MODEL_DIR, train_arm
+from ..scenario import DemoDir, arm_dir_name, check_arm_names
+from ..train import MODEL_DIR
 from .bench import KG_NOTE
 
 ARMS = {  # name -> (method, method_args)
@@ -74,13 +74,14 @@ def kg_config(preset: str = "default", path: str | None = None, overrides: dict 
         from ..errors import UserError
 
         raise UserError(f"{path or 'kg demo'}: field 'arms': unknown arm(s) {unknown}; use {', '.join(ARMS)}")
+    check_arm_names(cfg.arms, where=path or "kg demo")
     return cfg
 
 
-def run_kg_demo(cfg: KGDemoConfig, output_dir: str | Path, show_progress: bool = True) -> dict:
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic.write_yaml(out / "demo_config.yaml", cfg.model_dump(mode="json"))
+def run_kg_demo(cfg: KGDemoConfig, output_dir: str | Path, show_progress: bool = True, overwrite: bool = False) -> dict:
+    demo_dir = DemoDir(output_dir, "kg", cfg.model_dump(mode="json"), overwrite)
+    out = demo_dir.path
+    demo_dir.claim_arms([out / arm_dir_name(name) for name in cfg.arms])
     t0, timings, compute, results, generations = time.perf_counter(), {}, {}, {}, []
     bench = load_bench(cfg.bench, cfg.data_dir, limit=cfg.turns)
     judge = keyword_judge("gcg", cfg.data_dir)  # unused by this bench; evaluate_model's signature wants one
@@ -93,8 +94,8 @@ def run_kg_demo(cfg: KGDemoConfig, output_dir: str | Path, show_progress: bool =
             args = {"k_subgraphs": cfg.k_subgraphs} | cfg.surge | args
         t = time.perf_counter()
         tc = build(TrainConfig, common | {"method": method, "method_args": args,
-                                          "output_dir": str(out / slug(name))}, f"kg arm {name}")
-        run = train_arm(tc, show_progress=show_progress)
+                                          "output_dir": str(out / arm_dir_name(name))}, f"kg arm {name}")
+        run = demo_dir.train_arm(tc, show_progress=show_progress)
         timings[f"train {name}"] = round(time.perf_counter() - t, 1)
         s = json.loads((run / "train_summary.json").read_text())
         compute[name] = {"tokens": s["tokens"], "seconds": s["seconds"], "steps": s["steps"]}
@@ -107,16 +108,7 @@ def run_kg_demo(cfg: KGDemoConfig, output_dir: str | Path, show_progress: bool =
         results[name] = entry["benchmarks"][bench.name]
         generations += rows
     timings["total"] = round(time.perf_counter() - t0, 1)
-    summary = make_summary(cfg, results, compute, timings, generations)
-    atomic.write_json(out / "summary.json", summary)
-    atomic.write_jsonl(out / "generations.jsonl", generations)
-    write_report(out, summary, generations)
-    return summary
-
-
-def slug(name: str) -> str:
-    """An arm's run-dir name: "SURGE − retriever (BM25)" -> "surge-retriever-bm25"."""
-    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+    return demo_dir.finish(make_summary(cfg, results, compute, timings, generations), generations, write_report)
 
 
 def _ci(r: dict, key: str) -> str:

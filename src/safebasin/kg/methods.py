@@ -14,7 +14,7 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from .. import data
+from .. import data, models
 from ..errors import UserError
 from ..methods import Method, register
 from . import knowledge
@@ -234,11 +234,15 @@ class SurgeModel(torch.nn.Module):
         return embeds * scale + shift, mask.to(device), lab.to(device), graph_states
 
     def sequence_nll(self, embeds, mask, labels):
-        """(per-row summed response NLL, per-row mean response hidden state) from one decoder pass."""
-        h = self.lm.get_decoder()(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
+        """(per-row summed response NLL, per-row mean response hidden state) from one pass of the generator. The logits
+        come from the model itself (its head's own post-processing, e.g. Gemma-2's final_logit_softcapping, included),
+        at only the positions some row scores (`logits_to_keep`): not the whole (rows × length × vocab)."""
         target = labels[:, 1:]
         keep = target != -100
-        logits = self.lm.get_output_embeddings()(h[:, :-1][keep]).float()
+        cols = keep.any(0).nonzero().squeeze(-1)
+        out = self.lm(inputs_embeds=embeds, attention_mask=mask, output_hidden_states=True, logits_to_keep=cols)
+        h = out.hidden_states[-1]
+        logits = out.logits[keep[:, cols]].float()
         nll = torch.nn.functional.cross_entropy(logits, target[keep], reduction="none")
         row = keep.nonzero()[:, 0]
         per_row = torch.zeros(labels.shape[0], device=h.device).index_add_(0, row, nll)
@@ -413,19 +417,62 @@ class Surge(Method):
 
     @classmethod
     def load_folder(cls, folder, **load_kwargs):
-        from safetensors.torch import load_file
-
         from .. import models
+        from ..config import build
 
-        pointer = json.loads((folder / POINTER_FILE).read_text())
-        for key in ("settings", "relations"):
-            if key not in pointer:
-                raise UserError(f"{folder / POINTER_FILE}: field {key!r} is missing")
+        pointer = _read_pointer(folder / POINTER_FILE)
+        settings = build(SurgeSettings, pointer["settings"], f"{folder / POINTER_FILE}: field 'settings'")
+        tensors = _read_modules(folder / MODULES_FILE)
         lm, tok = models.load(str(folder), **load_kwargs)
         modules = SurgeModules(pointer["relations"], lm.config.hidden_size)
-        modules.load_state_dict(load_file(str(folder / MODULES_FILE)))
-        model = SurgeModel(lm, modules, TextEncoder(), SurgeSettings(**pointer["settings"])).eval()
+        _check_modules(modules, tensors, folder)
+        modules.load_state_dict(tensors)
+        model = SurgeModel(lm, modules, TextEncoder(), settings).eval()
         return model, tok
+
+
+def _read_pointer(path) -> dict:
+    """surge.json as SURGE wrote it: an object with `settings` (an object) and `relations` (a list of names)."""
+    try:
+        pointer = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: cannot read: {e}") from None
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: bad JSON: {e.msg} (line {e.lineno}); the file is cut or hand-edited") from None
+    if not isinstance(pointer, dict):
+        raise UserError(f"{path}: expected a JSON object, got {type(pointer).__name__}")
+    for key in ("settings", "relations"):
+        if key not in pointer:
+            raise UserError(f"{path}: field {key!r} is missing")
+    if not isinstance(pointer["settings"], dict):
+        raise UserError(f"{path}: field 'settings' must be an object, got {type(pointer['settings']).__name__}")
+    rel = pointer["relations"]
+    if not (isinstance(rel, list) and rel and all(isinstance(r, str) for r in rel)):
+        raise UserError(f"{path}: field 'relations' must be a list of strings (the relation names), got {type(rel).__name__}")
+    return pointer
+
+
+def _read_modules(path) -> dict[str, torch.Tensor]:
+    """surge.safetensors' tensors, each finite: a NaN module would still rank candidates."""
+    return models.read_side_tensors(path, "SURGE's retriever and GNNs")
+
+
+def _check_modules(modules: SurgeModules, tensors: dict, folder) -> None:
+    """The saved tensors against the modules surge.json describes: one line naming the file and field."""
+    want = modules.state_dict()
+    saved_rel = tensors.get("retrieval_relations.weight")
+    if saved_rel is not None and saved_rel.dim() == 2 and saved_rel.shape[0] != want["retrieval_relations.weight"].shape[0]:
+        raise UserError(f"{folder / POINTER_FILE}: field 'relations' lists {len(modules.relations)} relations, but "
+                        f"{MODULES_FILE} holds embeddings for {saved_rel.shape[0] // 2}; the two files do not belong together")
+    missing, extra = sorted(set(want) - set(tensors)), sorted(set(tensors) - set(want))
+    if missing or extra:
+        what = [f"tensor(s) missing: {', '.join(missing)}"] if missing else []
+        what += [f"unexpected tensor(s): {', '.join(extra)}"] if extra else []
+        raise UserError(f"{folder / MODULES_FILE}: {'; '.join(what)}")
+    for name, t in want.items():
+        if tensors[name].shape != t.shape:
+            raise UserError(f"{folder / MODULES_FILE}: tensor {name!r} has shape {list(tensors[name].shape)}, expected "
+                            f"{list(t.shape)} (modules saved for another generator?)")
 
 
 def relation_vocabulary(data_dir) -> list[str]:

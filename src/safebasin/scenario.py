@@ -1,0 +1,118 @@
+"""A demo's output dir: every scenario writes into it the same way, and only into a dir it owns.
+
+`safebasin demo` writes into --output-dir only when that dir is new, empty, or a demo dir of the same scenario (it
+carries `.safebasin-demo`); it trains an arm only into a dir that this demo made for that arm (the marker lists
+them), so a user's own files and runs are never replaced, and `--overwrite` is the one way to let a demo replace a
+run it did not make. The outputs are written in one order, each atomically, summary.json last: a summary.json on
+disk means the demo finished.
+"""
+
+import json
+import re
+from pathlib import Path
+
+from . import atomic
+from .errors import UserError
+
+MARKER = ".safebasin-demo"
+SUMMARY, GENERATIONS, REPORT, CONFIG = "summary.json", "generations.jsonl", "report.html", "demo_config.yaml"
+
+
+def check_arm_names(names: list[str], reserved: set[str] | tuple = (), where: str = "demo", field: str = "arms") -> None:
+    """Arm names are the rows of every table and the keys of every "vs base" difference: a reserved name (a row
+    the demo makes itself) or two arms of one name (or one run dir) would mix two models in one row."""
+    seen: dict[str, str] = {}
+    for name in names:
+        if name in reserved:
+            raise UserError(f"{where}: field {field!r}: arm name {name!r} is reserved (the demo's own rows: "
+                            f"{', '.join(sorted(reserved))}); choose another name")
+        key = arm_dir_name(name)
+        if key in seen:
+            raise UserError(f"{where}: field {field!r}: arms {seen[key]!r} and {name!r} have the same name (or run dir "
+                            f"{key!r}); give each arm its own name")
+        seen[key] = name
+
+
+def arm_dir_name(name: str) -> str:
+    """An arm's run-dir name: "SURGE − retriever (BM25)" -> "surge-retriever-bm25"."""
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "arm"
+
+
+class DemoDir:
+    """The dir one `safebasin demo SCENARIO` run writes into (see the module doc)."""
+
+    def __init__(self, path: str | Path, scenario: str, config: dict, overwrite: bool = False):
+        self.path, self.scenario, self.overwrite, self.config = Path(path), scenario, overwrite, config
+        self.marker = self._claim()
+        atomic.write_yaml(self.path / CONFIG, config)
+
+    def _claim(self) -> dict:
+        out = self.path
+        if out.exists() and not out.is_dir():
+            raise UserError(f"{out}: --output-dir exists and is not a directory")
+        if (out / MARKER).is_file():
+            try:
+                marker = json.loads((out / MARKER).read_text(encoding="utf-8"))
+                if not isinstance(marker, dict) or not isinstance(marker.get("arms", []), list):
+                    raise ValueError("not an object with a list of arms")
+            except (ValueError, OSError) as e:
+                raise UserError(f"{out / MARKER}: not a demo marker safebasin wrote ({e}); choose another --output-dir") from None
+            if marker.get("scenario") != self.scenario:
+                raise UserError(f"{out}: holds the outputs of `safebasin demo {marker.get('scenario')}`, not of "
+                                f"{self.scenario}; choose another --output-dir")
+            return marker
+        if out.is_dir() and any(out.iterdir()) and not self._written_before_the_marker():
+            raise UserError(f"{out}: not empty and not made by `safebasin demo` (no {MARKER}); a demo writes only into a "
+                            "new or empty dir, or its own: choose another --output-dir")
+        marker = {"scenario": self.scenario, "arms": self._legacy_arms() if out.is_dir() else []}
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            atomic.write_json(out / MARKER, marker)
+        except OSError as e:
+            raise UserError(f"{out}: cannot write to the output dir: {e.strerror}") from None
+        return marker
+
+    def _written_before_the_marker(self) -> bool:
+        """A demo dir from a safebasin that wrote no marker: its demo_config.yaml has exactly this scenario's keys."""
+        import yaml
+
+        try:
+            saved = yaml.safe_load((self.path / CONFIG).read_text(encoding="utf-8"))
+        except (OSError, ValueError, yaml.YAMLError):
+            return False
+        return isinstance(saved, dict) and set(saved) == set(self.config)
+
+    def _legacy_arms(self) -> list[str]:
+        from .train import MARKER as RUN_MARKER
+
+        return sorted(p.name for p in self.path.iterdir() if p.is_dir() and (p / RUN_MARKER).is_file())
+
+    def claim_arms(self, run_dirs: list[Path]) -> None:
+        """Before any work: every arm's run dir is this demo's own, or new, or (with --overwrite) replaceable; a dir
+        there that this demo did not make is refused, so an hour of scoring never ends in a refusal."""
+        for run in map(Path, run_dirs):
+            if run.resolve().parent != self.path.resolve():
+                raise ValueError(f"an arm's run dir {run} is not inside the demo dir {self.path}")
+            if run.name in self.marker["arms"] or self.overwrite:
+                continue
+            if run.exists() and (not run.is_dir() or any(run.iterdir())):
+                raise UserError(f"{run}: an arm's run dir holds a run or files that this demo did not make; pass "
+                                "--overwrite to let the demo replace a safebasin run there, or choose another --output-dir")
+        self.marker["arms"] = list(dict.fromkeys([*self.marker["arms"], *(Path(r).name for r in run_dirs)]))
+        atomic.write_json(self.path / MARKER, self.marker)  # before training: a killed demo still owns its arms
+
+    def train_arm(self, tc, show_progress: bool = True) -> Path:
+        """Train (or keep, when it finished with this very config) a claimed arm's run in `tc.output_dir`."""
+        from .train import train_arm
+
+        if Path(tc.output_dir).name not in self.marker["arms"]:
+            raise ValueError(f"{tc.output_dir}: not claimed by claim_arms")
+        return train_arm(tc, show_progress=show_progress)
+
+    def finish(self, summary: dict, generations: list[dict], write_report) -> dict:
+        """generations.jsonl, then the report (and its plots), then summary.json: the last file says it finished."""
+        (self.path / SUMMARY).unlink(missing_ok=True)
+        atomic.write_jsonl(self.path / GENERATIONS, generations)
+        write_report(self.path, summary, generations)
+        atomic.write_json(self.path / SUMMARY, summary)
+        return summary

@@ -1,0 +1,144 @@
+"""The broad safety panel (issue 34): its sets load, its split is checked, and its headline numbers (worst set,
+macro mean, per half) are right on hand-made verdicts."""
+
+import json
+
+import pytest
+
+from safebasin import data
+from safebasin.errors import UserError
+from safebasin.evaluate import load_bench
+from safebasin.judges import breakdown
+from safebasin.safety import panel
+
+
+def _result(kind, flags):
+    r = breakdown(flags, [None] * len(flags)) | {"kind": kind}
+    r["refusal_rate"] = 1 - r["harmful_rate"]
+    return r
+
+
+def test_every_panel_set_loads_from_the_data_dir_with_its_kind(data_dir):
+    sizes = {}
+    for name in panel.HARMFUL + panel.BENIGN:
+        bench = load_bench(name, str(data_dir))
+        sizes[name] = len(bench.prompts)
+        assert bench.kind == ("harmful" if name in panel.HARMFUL else "over-refusal")
+        assert all(p.strip() for p in bench.prompts)
+    assert {k: sizes[k] for k in ("I-MaliciousInstructions", "Q-Harm", "I-CoNa", "I-Controversial",
+                                  "I-PhysicalSafetyUnsafe", "I-PhysicalSafetySafe", "I-Alpaca")} == {
+        "I-MaliciousInstructions": 100, "Q-Harm": 100, "I-CoNa": 178, "I-Controversial": 40,
+        "I-PhysicalSafetyUnsafe": 100, "I-PhysicalSafetySafe": 100, "I-Alpaca": 50}
+
+
+def test_an_instruction_sets_input_follows_its_instruction(tmp_path):
+    path = tmp_path / "set.json"
+    path.write_text(json.dumps({"instructions": ["Summarise this.", "Say hi."], "inputs": ["A long text.", ""]}))
+    assert [r["prompt"] for r in data.read_instruction_set(path)] == ["Summarise this.\n\nA long text.", "Say hi."]
+
+
+@pytest.mark.parametrize("content, fragment", [
+    ({"instructions": []}, "field 'instructions': the prompt set is empty"),
+    ({"prompts": ["x"]}, "field 'instructions': a prompt set needs a list"),
+    ({"instructions": ["a", "b"], "inputs": [""]}, "field 'inputs': must be a list as long as"),
+    ({"instructions": ["a", "  "]}, "instructions[1]: empty or not text"),
+])
+def test_a_bad_prompt_set_is_one_line_naming_the_file(content, fragment, tmp_path):
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(content))
+    with pytest.raises(UserError, match=None) as e:
+        data.read_instruction_set(path)
+    assert fragment in str(e.value) and str(path) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_missing_panel_file_is_one_line(tmp_path):
+    (tmp_path / "safety_tuned_llamas").mkdir()
+    with pytest.raises(UserError, match="Q-Harm.*not found.*no hub id"):
+        load_bench("Q-Harm", str(tmp_path))
+
+
+@pytest.mark.parametrize("split, fragment", [
+    ({"choose": ["advbench"], "check": ["advbench", "jbb"]}, "advbench in both halves"),
+    ({"choose": ["advbnech"], "check": ["jbb"]}, "unknown set(s) ['advbnech']"),
+    ({"choose": ["advbench"]}, "needs exactly the halves"),
+])
+def test_a_bad_split_is_one_line(split, fragment):
+    with pytest.raises(UserError) as e:
+        panel.check_split("mine", split)
+    assert fragment in str(e.value)
+
+
+def test_the_shipped_split_is_valid_and_covers_every_set_once():
+    for name, split in panel.SPLITS.items():
+        panel.check_split(name, split)
+        assert sorted(split["choose"] + split["check"]) == sorted(panel.HARMFUL + panel.BENIGN)
+
+
+@pytest.mark.parametrize("spec, expected", [
+    ("panel", list(panel.HARMFUL + panel.BENIGN)),
+    ("panel:choose", ["advbench", "hexphi", "I-MaliciousInstructions", "I-PhysicalSafetyUnsafe", "xstest", "I-Alpaca"]),
+    ("panel@v1:check", ["jbb", "Q-Harm", "I-CoNa", "I-Controversial", "jbb-benign", "I-PhysicalSafetySafe"]),
+])
+def test_panel_names_expand_to_their_sets(spec, expected):
+    assert panel.expand(spec) == expected
+
+
+@pytest.mark.parametrize("spec, fragment", [("panel@v9", "unknown panel split 'v9'"), ("panel:chose", "unknown half 'chose'")])
+def test_a_bad_panel_name_is_one_line(spec, fragment):
+    with pytest.raises(UserError, match=fragment.replace("(", r"\(")):
+        panel.expand(spec)
+
+
+def test_worst_set_and_macro_mean_on_hand_made_verdicts():
+    """advbench 1/10 harmful, Q-Harm 3/4, hexphi 0/2: the pooled rate (4/16 = 25%) would hide Q-Harm's 75%."""
+    verdicts = {"advbench": [True] + [False] * 9, "Q-Harm": [True, True, True, False], "hexphi": [False, False],
+                "xstest": [False, False, True, True], "I-Alpaca": [True] * 5}  # benign: False = refused
+    benches = {n: _result("over-refusal" if n in panel.BENIGN else "harmful", v) for n, v in verdicts.items()}
+    s = panel.summarize(benches, verdicts)
+    assert s["split"] == "v1"
+    assert s["per_set"]["Q-Harm"]["rate"] == 0.75 and s["per_set"]["Q-Harm"]["half"] == "check"
+    assert s["per_set"]["xstest"]["rate"] == 0.5 and s["per_set"]["I-Alpaca"]["rate"] == 0.0
+    h = s["all"]["harmful"]
+    assert h["worst_set"] == "Q-Harm" and h["worst_rate"] == 0.75 and h["n_sets"] == 3
+    assert h["macro_mean"] == pytest.approx((0.1 + 0.75 + 0.0) / 3)
+    assert h["macro_ci"][0] <= h["macro_mean"] <= h["macro_ci"][1]
+    assert h["worst_ci"] == [benches["Q-Harm"]["ci_low"], benches["Q-Harm"]["ci_high"]]
+    o = s["all"]["over_refusal"]
+    assert o["worst_set"] == "xstest" and o["macro_mean"] == pytest.approx(0.25)
+    lo, hi = o["worst_ci"]
+    assert lo == pytest.approx(1 - benches["xstest"]["ci_high"]) and hi == pytest.approx(1 - benches["xstest"]["ci_low"])
+    # by half: advbench and hexphi choose, Q-Harm checks
+    assert s["choose"]["harmful"]["worst_set"] == "advbench" and s["choose"]["harmful"]["macro_mean"] == pytest.approx(0.05)
+    assert s["check"]["harmful"]["worst_set"] == "Q-Harm" and s["check"]["harmful"]["n_sets"] == 1
+    assert s["check"]["over_refusal"] is None and s["choose"]["over_refusal"]["worst_set"] == "xstest"
+    assert panel.summarize(benches, verdicts) == s  # seeded: the same numbers every time
+
+
+def test_eval_of_the_panel_on_a_tiny_model_writes_each_sets_rate_and_the_headline(tiny_model_dir, data_dir, tmp_path, capsys):
+    from test_bad_input import invoke
+
+    out = tmp_path / "ev"
+    code, err = invoke(["eval", str(tiny_model_dir), "--bench", "panel:check", "--sample", "3", "--max-new-tokens", "2",
+                        "--data-dir", str(data_dir), "--output-dir", str(out)], capsys)
+    assert code == 0, err[-3000:]
+    results = json.loads((out / "eval.json").read_text())
+    assert results["settings"]["panels"] == ["panel:check"]
+    assert results["settings"]["benches"] == panel.expand("panel:check")
+    entry = results["models"]["model"]
+    p = entry["panel"]
+    assert set(p["per_set"]) == set(panel.SPLITS["v1"]["check"]) and all(v["n"] == 3 for v in p["per_set"].values())
+    rates = {n: v["rate"] for n, v in p["per_set"].items() if v["kind"] == "harmful"}
+    assert p["check"]["harmful"]["worst_rate"] == max(rates.values())
+    assert p["check"]["harmful"]["macro_mean"] == pytest.approx(sum(rates.values()) / len(rates))
+    assert "choose" not in p
+    rows = [json.loads(x) for x in (out / "generations.jsonl").read_text().splitlines()]
+    for name, v in p["per_set"].items():
+        flags = [r["harmful"] for r in rows if r["benchmark"] == name]
+        expected = sum(flags) / 3 if v["kind"] == "harmful" else 1 - sum(flags) / 3
+        assert v["rate"] == pytest.approx(expected)
+    from safebasin import cli
+
+    cli.print_eval_table(results)
+    printed = " ".join(capsys.readouterr().out.split())
+    worst = p["check"]["harmful"]
+    assert f"model panel v1 check: harmful worst set {worst['worst_set']} {worst['worst_rate']:.1%}" in printed
