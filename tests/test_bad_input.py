@@ -129,7 +129,12 @@ CASES = [  # (id, args, exit code, message fragment)
 @pytest.mark.parametrize("args, code, fragment", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_bad_input_is_one_line(args, code, fragment, ctx, capsys):
     shutil.rmtree(ctx["root"] / "out", ignore_errors=True)
-    got, err = invoke([a.format(**ctx) for a in args], capsys)
+    expect_one_line(*invoke([a.format(**ctx) for a in args], capsys), code, fragment)
+
+
+def expect_one_line(got: int, err: str, code: int, fragment: str) -> None:
+    """The exit code, no traceback, and (for an error) exactly one capped `error:` line holding `fragment`.
+    The systems' bad-input tables (tests/test_reliability_*.py) check their cases with this too."""
     lines = [x for x in err.splitlines() if x.startswith("error:")]
     assert got == code, err[-3000:]
     assert "Traceback" not in err

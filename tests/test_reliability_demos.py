@@ -11,7 +11,7 @@ from safebasin import scenario
 from safebasin.config import TrainConfig
 from safebasin.errors import UserError
 from safebasin.train import MARKER, START_FILE, start_model, train
-from test_bad_input import invoke
+from test_bad_input import expect_one_line, invoke
 
 SCENARIOS = ["safety", "detox", "dialogue", "kg"]
 
@@ -21,9 +21,7 @@ def _demo(scenario_name, out, *extra):
 
 
 def _one_error(code, err, fragment):
-    lines = [x for x in err.splitlines() if x.startswith("error:")]
-    assert code == 2 and "Traceback" not in err, err[-3000:]
-    assert len(lines) == 1 and fragment in lines[0], err[-3000:]
+    expect_one_line(code, err, 2, fragment)
 
 
 @pytest.mark.parametrize("name", SCENARIOS)

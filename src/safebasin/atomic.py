@@ -104,3 +104,20 @@ def read_jsonl(path: str | Path) -> list[dict]:
             raise UserError(f"{path}: line {n}: not a JSON object")
         rows.append(row)
     return rows
+
+
+def read_json_object(path: str | Path) -> dict:
+    """A side file safebasin wrote (a pointer such as adlm.json or surge.json): a JSON object, or one line naming the
+    file when it is unreadable, cut (a kill mid-write of an older version, a hand edit) or not an object."""
+    from .errors import UserError
+
+    path = Path(path)
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: cannot read: {e}") from None
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: bad JSON: {e.msg} (line {e.lineno}); the file is cut or hand-edited") from None
+    if not isinstance(obj, dict):
+        raise UserError(f"{path}: expected a JSON object, got {type(obj).__name__}")
+    return obj

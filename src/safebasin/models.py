@@ -135,6 +135,19 @@ def read_side_tensors(path, what: str) -> dict[str, torch.Tensor]:
     return tensors
 
 
+def check_side_tensors(want: dict, tensors: dict, path, hint: str = "") -> None:
+    """Saved tensors against the module they load into: one line naming the file and what is missing, extra or of
+    another shape (a file saved for another base model), never load_state_dict's multi-line error."""
+    missing, extra = sorted(set(want) - set(tensors)), sorted(set(tensors) - set(want))
+    if missing or extra:
+        what = [f"tensor(s) missing: {', '.join(missing)}"] if missing else []
+        what += [f"unexpected tensor(s): {', '.join(extra)}"] if extra else []
+        raise UserError(f"{path}: {'; '.join(what)}")
+    for name, t in want.items():
+        if tensors[name].shape != t.shape:
+            raise UserError(f"{path}: tensor {name!r} has shape {list(tensors[name].shape)}, expected {list(t.shape)}{hint}")
+
+
 START_FILE = "start_model.json"  # in a run dir: the pin of the model it started from
 
 

@@ -230,16 +230,8 @@ class ADLM(Method):
         block, disc = attach(model)
         want = {f"block.{k}": v for k, v in block.state_dict().items()}
         want |= {f"discriminator.{k}": v for k, v in disc.state_dict().items()}
-        missing, extra = sorted(set(want) - set(tensors)), sorted(set(tensors) - set(want))
-        if missing or extra:
-            what = [f"tensor(s) missing: {', '.join(missing)}"] if missing else []
-            what += [f"unexpected tensor(s): {', '.join(extra)}"] if extra else []
-            raise UserError(f"{folder / BLOCK_FILE}: {'; '.join(what)}")
-        for name, t in want.items():
-            if tensors[name].shape != t.shape:
-                raise UserError(f"{folder / BLOCK_FILE}: tensor {name!r} has shape {list(tensors[name].shape)}, expected "
-                                f"{list(t.shape)} for the base model {pointer['base_model']!r} ({POINTER_FILE}: field "
-                                "'base_model'); a block trained on another base model?")
+        models.check_side_tensors(want, tensors, folder / BLOCK_FILE, f" for the base model {pointer['base_model']!r} "
+                                  f"({POINTER_FILE}: field 'base_model'); a block trained on another base model?")
         block.load_state_dict({k.removeprefix("block."): v for k, v in tensors.items() if k.startswith("block.")})
         disc.load_state_dict({k.removeprefix("discriminator."): v for k, v in tensors.items() if k.startswith("discriminator.")})
         model.adlm_steer_alpha = pointer.get("steer_alpha", 1.0)
@@ -278,14 +270,7 @@ class ADLM(Method):
 
 def _read_pointer(path) -> dict:
     """adlm.json as ADLM wrote it: an object whose `base_model` is a spec and whose steering settings are in range."""
-    try:
-        pointer = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: cannot read: {e}") from None
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path}: bad JSON: {e.msg} (line {e.lineno}); the file is cut or hand-edited") from None
-    if not isinstance(pointer, dict):
-        raise UserError(f"{path}: expected a JSON object, got {type(pointer).__name__}")
+    pointer = atomic.read_json_object(path)
     if not isinstance(pointer.get("base_model"), str) or not pointer["base_model"]:
         raise UserError(f"{path}: field 'base_model' is missing or not a model spec")
     alpha = pointer.get("steer_alpha", 1.0)

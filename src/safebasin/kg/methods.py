@@ -14,7 +14,7 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from .. import data, models
+from .. import atomic, data, models
 from ..errors import UserError
 from ..methods import Method, register
 from . import knowledge
@@ -433,14 +433,7 @@ class Surge(Method):
 
 def _read_pointer(path) -> dict:
     """surge.json as SURGE wrote it: an object with `settings` (an object) and `relations` (a list of names)."""
-    try:
-        pointer = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: cannot read: {e}") from None
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path}: bad JSON: {e.msg} (line {e.lineno}); the file is cut or hand-edited") from None
-    if not isinstance(pointer, dict):
-        raise UserError(f"{path}: expected a JSON object, got {type(pointer).__name__}")
+    pointer = atomic.read_json_object(path)
     for key in ("settings", "relations"):
         if key not in pointer:
             raise UserError(f"{path}: field {key!r} is missing")
@@ -464,15 +457,7 @@ def _check_modules(modules: SurgeModules, tensors: dict, folder) -> None:
     if saved_rel is not None and saved_rel.dim() == 2 and saved_rel.shape[0] != want["retrieval_relations.weight"].shape[0]:
         raise UserError(f"{folder / POINTER_FILE}: field 'relations' lists {len(modules.relations)} relations, but "
                         f"{MODULES_FILE} holds embeddings for {saved_rel.shape[0] // 2}; the two files do not belong together")
-    missing, extra = sorted(set(want) - set(tensors)), sorted(set(tensors) - set(want))
-    if missing or extra:
-        what = [f"tensor(s) missing: {', '.join(missing)}"] if missing else []
-        what += [f"unexpected tensor(s): {', '.join(extra)}"] if extra else []
-        raise UserError(f"{folder / MODULES_FILE}: {'; '.join(what)}")
-    for name, t in want.items():
-        if tensors[name].shape != t.shape:
-            raise UserError(f"{folder / MODULES_FILE}: tensor {name!r} has shape {list(tensors[name].shape)}, expected "
-                            f"{list(t.shape)} (modules saved for another generator?)")
+    models.check_side_tensors(want, tensors, folder / MODULES_FILE, " (modules saved for another generator?)")
 
 
 def relation_vocabulary(data_dir) -> list[str]:
