@@ -10,7 +10,8 @@ from conftest import load_state
 from safebasin import scenario
 from safebasin.config import TrainConfig
 from safebasin.errors import UserError
-from safebasin.train import MARKER, START_FILE, start_model, train
+from safebasin.models import start_model
+from safebasin.train import MARKER, START_FILE, train
 from test_bad_input import expect_one_line, invoke
 
 SCENARIOS = ["safety", "detox", "dialogue", "kg"]

@@ -197,7 +197,7 @@ def model_variants(spec: str) -> dict[str, str]:
 def run_method(spec: str):
     """(the run's method object, the run dir) for a run dir; (plain Method, None) for a model. The run dir, not
     cfg.model as typed (a relative path leads elsewhere from another directory): a bench that scores with the
-    starting model takes its pin from there (`train.start_model`, which this module cannot import: a cycle)."""
+    starting model takes its pin from there (`models.start_model`)."""
     run_cfg = Path(spec) / "config.yaml"
     if is_run_dir(Path(spec)) and run_cfg.is_file():
         cfg = build(TrainConfig, read_yaml(run_cfg), str(run_cfg))

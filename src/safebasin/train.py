@@ -35,7 +35,6 @@ log = logging.getLogger(__name__)
 
 CONFIG_FILE, LOG_FILE, SUMMARY_FILE = "config.yaml", "train_log.jsonl", "train_summary.json"
 START_FILE = models.START_FILE  # what cfg.model led to when the run started (models.pin): found from any directory
-start_model = models.start_model
 MODEL_DIR, RAW_DIR, LAST_SAFE_DIR = "model", "raw", "monitor_last_safe"
 MARKER = ".safebasin-run"  # written into every run dir: safebasin deletes only inside dirs that carry it
 OUTPUTS = (checkpoint.CKPT_DIR, MODEL_DIR, RAW_DIR, LAST_SAFE_DIR, LOG_FILE, SUMMARY_FILE, TRACKERS_DIR)

@@ -37,7 +37,7 @@ def _scorers(data_dir, name: str | None):
 
 
 def _reference(reference: str | None, model, cache: dict):
-    """The base LM that scores fluency, loaded once: for a run dir its pinned starting model (`train.start_model`:
+    """The base LM that scores fluency, loaded once: for a run dir its pinned starting model (`models.start_model`:
     the same from any working directory, refused when its weights changed), else the model spec given, else the
     model itself."""
     if not reference:
