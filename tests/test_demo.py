@@ -28,7 +28,8 @@ def demo_out(tiny_model_dir, data_dir, tmp_path_factory):
     mp.setenv("SAFEBASIN_CACHE", str(cache))
     cfg = demo.demo_config("quick", overrides={
         "model": str(tiny_model_dir), "data_dir": str(data_dir), "prompts": 4, "max_new_tokens": 6, "rouge_prompts": 2,
-        "heldout_size": 6, "max_seq_len": 96, "align_steps": 2, "align_batch_size": 2, "over_refusal_prompts": 3,
+        "heldout_size": 6, "max_seq_len": 96, "over_refusal_prompts": 3, "panel_prompts": 2,
+        "align": {"rows": 16, "batch_size": 2, "heldout_size": 4, "max_seq_len": 64, "warmup_steps": 0, "near_duplicate": 1.0},
         "aggressive": {"lr": 1e-3, "batch_size": 2, "steps": 2, "ema_beta": 0.5},
         "careful": {"lr": 1e-4, "batch_size": 2, "grad_accum": 2, "steps": 1, "ema_beta": 0.5}})
     out = tmp_path_factory.mktemp("demo")
@@ -71,12 +72,13 @@ def test_png_is_a_valid_image(demo_out):
 def test_aligned_model_is_cached_and_reused(demo_out, caplog):
     out, summary, cache, cfg = demo_out
     aligned = list((cache / "aligned").iterdir())
-    assert len(aligned) == 1 and (aligned[0] / "model" / "model.safetensors").is_file()
-    mtime = (aligned[0] / "model" / "model.safetensors").stat().st_mtime_ns
+    weights = aligned[0] / "run" / "model" / "model.safetensors"
+    assert len(aligned) == 1 and weights.is_file()
+    mtime = weights.stat().st_mtime_ns
     with caplog.at_level("INFO"):
         again = demo.align(cfg, show_progress=False)
     assert again == aligned[0] and "cached" in caplog.text
-    assert (aligned[0] / "model" / "model.safetensors").stat().st_mtime_ns == mtime
+    assert weights.stat().st_mtime_ns == mtime
 
 
 def test_html_escapes_a_planted_script(demo_out):
@@ -153,8 +155,36 @@ def test_report_is_shareable_and_complete(demo_out):
 
     paths = {s for s in strings(summary) if s.startswith("/")} | {str(out)}
     assert paths and not [p for p in paths if p in page]
-    for link in ("summary.json", "generations.jsonl", "aligned/train_log.jsonl", "aggressive/train_log.jsonl",
+    for link in ("summary.json", "generations.jsonl", "aligned/train_log.jsonl", "aligned_mix_manifest.json", "aggressive/train_log.jsonl",
                  "careful/train_log.jsonl"):
         assert f"href='{link}'" in page
     assert "name='viewport'" in page and "Training loss per run" in page and "Where the arms differ: AdvBench" in page
     assert "first N rows" not in page and "<td> x </td>" not in page  # the old placeholders: unfilled N, the base row's batch
+
+
+def test_every_arm_is_scored_on_the_whole_panel_and_the_report_names_the_choosing_sets(demo_out):
+    """AdvBench (first N) and XSTest (its fixed sample) stand in the panel for themselves; every other set is a
+    seeded sample of panel_prompts, the same prompts for every arm; the table shows each half's worst set."""
+    from safebasin.safety import panel
+
+    out, summary, _, cfg = demo_out
+    sizes = {"advbench": cfg.prompts, "xstest": cfg.over_refusal_prompts}
+    prompts = {}
+    for name, arm in summary["arms"].items():
+        per_set = arm["panel"]["per_set"]
+        assert set(per_set) == set(panel.HARMFUL + panel.BENIGN)
+        assert all(v["n"] == sizes.get(n, cfg.panel_prompts) for n, v in per_set.items())
+        rates = [v["rate"] for v in per_set.values() if v["kind"] == "harmful" and v["half"] == "check"]
+        assert arm["panel"]["check"]["harmful"]["worst_rate"] == max(rates)
+    gens = [json.loads(x) for x in (out / "generations.jsonl").read_text().splitlines()]
+    for g in gens:
+        prompts.setdefault((g["benchmark"], g["index"]), set()).add(g["prompt"])
+    assert all(len(p) == 1 for p in prompts.values())  # one prompt per (set, index) across the arms
+    assert summary["panel"]["chose_recipes"] == ["advbench", "xstest"]
+    cols = summary["table"]["columns"]
+    assert "worst harmful panel set, check half ↓" in cols and "harmful macro mean, choose → check half" in cols
+    row = summary["table"]["rows"][[r[0] for r in summary["table"]["rows"]].index("aligned")]
+    check = summary["arms"]["aligned"]["panel"]["check"]["harmful"]
+    assert row[cols.index("worst harmful panel set, check half ↓")].startswith(check["worst_set"])
+    page = (out / "report.html").read_text()
+    assert "The safety panel, set by set" in page and "recipes were chosen on advbench, xstest" in page

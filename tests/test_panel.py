@@ -142,3 +142,54 @@ def test_eval_of_the_panel_on_a_tiny_model_writes_each_sets_rate_and_the_headlin
     printed = " ".join(capsys.readouterr().out.split())
     worst = p["check"]["harmful"]
     assert f"model panel v1 check: harmful worst set {worst['worst_set']} {worst['worst_rate']:.1%}" in printed
+
+
+def test_a_sweep_stores_the_panels_worst_set_and_macro_mean_per_half():
+    """What a sweep chooses on one half and reports on the other lands in the store as rows of panel:HALF."""
+    from safebasin.store import eval_metrics
+
+    verdicts = {"advbench": [True, False, False, False], "Q-Harm": [True, True, False, False],
+                "xstest": [False, True, True, True]}
+    benches = {n: _result("over-refusal" if n in panel.BENIGN else "harmful", v) for n, v in verdicts.items()}
+    s = panel.summarize(benches, verdicts)
+    rows = eval_metrics({"models": {"model": {"benchmarks": benches, "panel": s}}})
+    got = {(b, c, m): v for _, b, c, m, v in rows if b.startswith("panel:")}
+    assert got[("panel:choose", "advbench", "worst_harmful")] == 0.25
+    assert got[("panel:check", "Q-Harm", "worst_harmful")] == 0.5
+    assert got[("panel:all", "", "macro_harmful")] == pytest.approx(0.375)
+    assert got[("panel:choose", "xstest", "worst_over_refusal")] == 0.25
+    assert ("panel:check", "", "macro_over_refusal") not in got  # the check half scored no benign set here
+    lo, hi = got[("panel:all", "", "macro_harmful_ci_low")], got[("panel:all", "", "macro_harmful_ci_high")]
+    assert lo <= 0.375 <= hi
+
+
+@pytest.mark.parametrize("bench, fragment", [("panel:choose", None), ("panel@v9", "unknown panel split"),
+                                             ("panel:pick", "unknown half")])
+def test_a_sweep_takes_the_panel_by_name_and_refuses_a_bad_one(bench, fragment, tiny_model_dir, data_dir, tmp_path):
+    from safebasin.sweep import SweepConfig, check_sweep
+
+    cfg = SweepConfig(base={"model": str(tiny_model_dir), "data_dir": str(data_dir), "steps": 1},
+                      grid={"lr": [1e-4]}, eval={"benches": [bench]}, output_dir=str(tmp_path / "sw"))
+    if fragment is None:
+        assert len(check_sweep(cfg, "local")) == 1
+    else:
+        with pytest.raises(UserError, match=fragment):
+            check_sweep(cfg, "local")
+
+
+def test_the_second_judge_scores_the_panel_set_by_set_and_skips_what_it_could_not_score():
+    from safebasin.judges import classifier_rate
+
+    second = {"advbench": [True, None, False, False], "Q-Harm": [True, True, False, None]}  # None: judge error
+    rows, benches = [], {}
+    for name, flags in second.items():
+        benches[name] = _result("harmful", [False] * 4) | {"classifier_judge": classifier_rate(flags, [None] * 4, "guard")}
+        rows += [{"benchmark": name, "harmful": False, "classifier_harmful": f} for f in flags]
+    benches["xstest"] = _result("over-refusal", [True, True])
+    rows += [{"benchmark": "xstest", "harmful": True}] * 2
+    s = panel.summarize_second_judge(benches, rows)
+    assert s["judge"] == "guard" and set(s["per_set"]) == {"advbench", "Q-Harm"}
+    assert s["per_set"]["advbench"]["rate"] == pytest.approx(1 / 3) and s["per_set"]["Q-Harm"]["rate"] == pytest.approx(2 / 3)
+    assert s["all"]["harmful"]["worst_set"] == "Q-Harm" and s["all"]["harmful"]["macro_mean"] == pytest.approx(0.5)
+    assert s["all"]["over_refusal"] is None  # over-refusal stays the keyword judge's
+    assert panel.summarize_second_judge({"xstest": benches["xstest"]}, rows) is None

@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 from conftest import ROOT
 from safebasin.cli import app
 
-COMMANDS = [[], ["train"], ["eval"], ["sweep"], ["report"], ["demo"], ["basin"], ["runs", "ls"], ["runs", "show"]]
+COMMANDS = [[], ["train"], ["align"], ["eval"], ["sweep"], ["report"], ["demo"], ["basin"], ["runs", "ls"], ["runs", "show"]]
 
 
 def test_every_flag_in_the_readme_exists():

@@ -321,10 +321,18 @@ def print_demo_table(summary: dict) -> None:
     from .ui import LiteralTable as Table  # cells from data print as written
 
     table = Table(title=f"AdvBench first {summary['settings']['prompts']} prompts, keyword judge, seed {summary['seed']}")
-    for col in ("arm", "harmful rate", "95% CI", "held-out loss", "ROUGE-L"):
+    for col in ("arm", "AdvBench harmful", "95% CI", "worst panel set: choose", "check", "XSTest refused",
+                "held-out loss", "ROUGE-L"):
         table.add_column(col)
+
+    def worst(a: dict, half: str) -> str:
+        block = ((a.get("panel") or {}).get(half) or {}).get("harmful")
+        return "" if not block else f"{block['worst_set']} {block['worst_rate']:.0%}"
+
     for name, a in summary["arms"].items():
-        table.add_row(name, f"{a['harmful_rate']:.1%}", f"{a['ci_low']:.0%}-{a['ci_high']:.0%}",
+        o = a.get("over_refusal")
+        table.add_row(name, f"{a['harmful_rate']:.1%}", f"{a['ci_low']:.0%}-{a['ci_high']:.0%}", worst(a, "choose"),
+                      worst(a, "check"), "" if not o else f"{o['rate']:.0%}",
                       f"{a['heldout_loss']:.3f}", "" if a["rougeL"] is None else f"{a['rougeL']:.3f}")
     out.print(table)
     out.print("scaled down: " + "; ".join(summary["scaled_down"]), highlight=False)
@@ -429,6 +437,38 @@ def report(
     summary = sweep_report(sweep_dir, max_harm_increase, utility)
     out.print(Markdown(summary["markdown"]))
     say(f"wrote {sweep_dir / 'report.html'}, {sweep_dir / 'report.md'} and the PNGs")
+
+
+@app.command()
+def align(
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML of alignment settings (safebasin.safety.align.AlignConfig); flags override it."),
+    model: Optional[str] = typer.Option(None, help="The base model to align (default: the embedded SmolLM2-135M-Instruct)."),
+    data_dir: Optional[str] = typer.Option(None, help="Where named datasets live."),
+    benign: Optional[str] = typer.Option(None, help="General instruction data: alpaca (default), a train set name or a file."),
+    safety: Optional[str] = typer.Option(None, help="Harmful request -> refusal rows: safety (default) or a file."),
+    rows: Optional[int] = typer.Option(None, help="Rows in the mix (one pass)."),
+    safety_fraction: Optional[float] = typer.Option(None, help="Share of the mix that is safety rows."),
+    lr: Optional[float] = typer.Option(None),
+    batch_size: Optional[int] = typer.Option(None),
+    max_seq_len: Optional[int] = typer.Option(None),
+    seed: Optional[int] = typer.Option(None),
+    output_dir: Optional[str] = typer.Option(None, help="Where align.yaml, mix.jsonl, mix_manifest.json and run/ go "
+                                             "(default: the cache, keyed by the recipe; the demo shares it)."),
+    overwrite: bool = typer.Option(False, help="Rebuild the mix and retrain in an aligned dir of another recipe."),
+):
+    """Align a base model: instruction data with safety refusals mixed in, every row kept apart (by prompt and
+    near-duplicates) from every scored prompt. The aligned model is OUTPUT_DIR/run/model."""
+    from .config import build, read_yaml
+    from .safety.align import AlignConfig, aligned_model
+    from .safety.align import align as align_model
+
+    values = read_yaml(config) if config else {}
+    values |= {k: v for k, v in {"model": model, "data_dir": data_dir, "benign": benign, "safety": safety, "rows": rows,
+                                 "safety_fraction": safety_fraction, "lr": lr, "batch_size": batch_size,
+                                 "max_seq_len": max_seq_len, "seed": seed}.items() if v is not None}
+    cfg = build(AlignConfig, values, str(config) if config else "align options")
+    out_dir = align_model(cfg, output_dir, overwrite=overwrite)
+    say(f"aligned model: {aligned_model(out_dir)}  (mix and what was kept apart: {out_dir / 'mix_manifest.json'})")
 
 
 @app.command("basin")

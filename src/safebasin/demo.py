@@ -1,18 +1,19 @@
 """`safebasin demo`: the whole story on the embedded model, on a CPU, in minutes.
 
 1. The base model (SmolLM2-135M-Instruct is not aligned) is scored on AdvBench.
-2. It is aligned on safety data (safety_tuned_llamas refusals); the aligned model is cached.
+2. It is aligned the way published safety recipes do it: Alpaca with safety_tuned_llamas refusals mixed in, every
+   row kept apart by prompt from every scored prompt (`safebasin.safety.align`); the aligned model is cached.
 3. From it, Dolly (safety rows filtered out) is learned in four arms: aggressive, aggressive+EMA,
    careful, careful+EMA. EMA never changes the training trajectory, so an EMA run's raw/ weights
    *are* the arm without EMA: two training runs give four arms, at identical data and seed.
 4. Every model is scored on AdvBench (keyword judge: "harmful" = no refusal phrase found), on over-refusal
-   (a fixed sample of XSTest safe prompts) and on utility (held-out loss with a bootstrap CI, ROUGE-L).
+   (a fixed sample of XSTest safe prompts), on a seeded sample of every other set of the safety panel (its worst
+   set and macro mean, per half: the demo's recipes were chosen on AdvBench and XSTest, both in the choose half)
+   and on utility (held-out loss with a bootstrap CI, ROUGE-L).
 5. summary.json, generations.jsonl, tradeoff.png, loss_curves.png, report.html and a terminal table.
 """
 
-import hashlib
 import html
-import json
 import logging
 import math
 import time
@@ -26,8 +27,11 @@ from .config import TrainConfig, from_preset, read_yaml
 from .evaluate import evaluate_model, load_bench, rouge_l, rouge_set
 from .generate import HFBackend, chat_prompt
 from .judges import degenerate, keyword_judge
+from .safety import panel
+from .safety.align import MANIFEST_FILE, RUN_DIR, AlignConfig, AlignRecipe, aligned_model
+from .safety.align import align as align_model
 from .scenario import DemoDir
-from .train import MODEL_DIR, RAW_DIR, train
+from .train import MODEL_DIR, RAW_DIR
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +60,7 @@ class Recipe(BaseModel):
 
 
 class DemoConfig(BaseModel):
-    """Defaults fit about 6 minutes on 2 CPU cores, the one-off alignment included (cached after)."""
+    """Defaults: 844 s on 2 cores of an AMD EPYC with the aligned model cached, about 400 s more the first time."""
     model_config = ConfigDict(extra="forbid")
     model: str = "smollm2-135m-instruct"
     data_dir: str | None = None
@@ -71,22 +75,21 @@ class DemoConfig(BaseModel):
     # training only (eval is float32): float32 gives the published table on any x86 CPU (22.9% aggressive+EMA with and
     # without avx512_bf16); "auto" (bf16 autocast where the CPU/GPU has it natively) moves the numbers between CPUs
     mixed_precision: str = "no"
+    panel_prompts: int = Field(10, ge=0)  # a seeded sample of each other panel set (0: AdvBench and XSTest only)
     # alignment: the same in every preset, so the cached aligned model is shared
-    align_steps: int = Field(20, ge=1)
-    align_lr: float = Field(1e-4, gt=0)
-    align_batch_size: int = Field(8, ge=1)
+    align: AlignRecipe = AlignRecipe()
     # (a)/(b): high lr, small batch; (c)/(d): low lr, larger effective batch, the same number of rows
     aggressive: Recipe = Recipe(lr=2e-4, batch_size=4, steps=24, ema_beta=0.98)  # θ̄ keeps 0.98^24 = 62% of θ0's weight
     careful: Recipe = Recipe(lr=2e-5, batch_size=8, grad_accum=2, steps=6, ema_beta=0.9)
 
 
 PRESETS = {
-    "quick": {"prompts": 24, "rouge_prompts": 4, "heldout_size": 24, "over_refusal_prompts": 12,
+    "quick": {"prompts": 24, "rouge_prompts": 4, "heldout_size": 24, "over_refusal_prompts": 12, "panel_prompts": 6,
               "aggressive": {"lr": 2e-4, "batch_size": 4, "steps": 12, "ema_beta": 0.97},
               "careful": {"lr": 2e-5, "batch_size": 8, "grad_accum": 2, "steps": 3, "ema_beta": 0.8}},
     "default": {},
     "full": {"prompts": 520, "max_new_tokens": 64, "rouge_prompts": 50, "heldout_size": 100, "max_seq_len": 256,
-             "over_refusal_prompts": 50,
+             "over_refusal_prompts": 50, "panel_prompts": 40,
              "aggressive": {"lr": 1e-4, "batch_size": 8, "steps": 60, "ema_beta": 0.995},
              "careful": {"lr": 2e-5, "batch_size": 8, "grad_accum": 4, "steps": 15, "ema_beta": 0.99}},
 }
@@ -94,7 +97,9 @@ PRESETS = {
 
 SCALED_DOWN = [
     "model: SmolLM2-135M-Instruct (embedded GGUF, dequantized) instead of 7B/8B chat models",
-    "alignment: a short safety-tuning on safety_tuned_llamas refusals stands in for vendor alignment",
+    ("alignment: {align[rows]} rows of Alpaca with {align_safety_pct} safety_tuned_llamas refusals, one pass, stand in "
+     "for vendor alignment (Bianchi et al. mix 3% into 20k rows)"),
+    "safety panel: a seeded sample of {panel_prompts} prompts per set (the full sets hold 40-520)",
     "AdvBench: the first {prompts} of 520 prompts; greedy decoding of {max_new_tokens} new tokens (paper: 512)",
     "Dolly: {max_seq_len}-token sequences and a few dozen optimizer steps (paper: 512 tokens, 1 epoch of 1k+ rows)",
     "EMA beta scaled to the short runs: the paper's 0.99-0.995 assume hundreds of steps",
@@ -125,29 +130,16 @@ def _train_cfg(cfg: DemoConfig, **kw) -> TrainConfig:
 
 
 def align(cfg: DemoConfig, show_progress: bool) -> Path:
-    """Safety-tune the base model once; later demos reuse the cached result."""
-    tc = _train_cfg(cfg, model=cfg.model, data="safety", filter_safety=False, lr=cfg.align_lr,
-                    batch_size=cfg.align_batch_size, steps=cfg.align_steps, output_dir="")
-    tc.heldout_size = 0  # nothing is scored on the safety data: presets share one cached aligned model
-    # only non-default settings: a new config field with a default must not invalidate the cache
-    key = tc.model_dump(mode="json", exclude_defaults=True) | {"model_id": _model_identity(cfg.model)}
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    out = models.cache_dir() / "aligned" / digest
-    if (out / MODEL_DIR / "model.safetensors").is_file():
-        log.info("aligned model: cached in %s", out)
-        return out
-    tc.output_dir = str(out)
-    return train(tc, overwrite=True, show_progress=show_progress)
-
-
-def _model_identity(spec: str) -> str:
-    path = Path(models.resolve(spec))
-    weights = path / "model.safetensors"
-    return f"{path}:{weights.stat().st_size}:{weights.stat().st_mtime_ns}" if weights.is_file() else spec
+    """The aligned dir of the demo's recipe: trained once, then reused from the cache (safety.align)."""
+    precision = cfg.align.mixed_precision if cfg.align.mixed_precision != "auto" else ("bf16" if native_bf16() else "no")
+    recipe = cfg.align.model_dump() | {"mixed_precision": precision}
+    return align_model(AlignConfig(model=cfg.model, data_dir=cfg.data_dir, **recipe), show_progress=show_progress)
 
 
 ARMS_FROM_ALIGNED = ("aligned", "aggressive", "aggressive+ema", "careful", "careful+ema")
 XSTEST_SEED = 0  # the over-refusal sample is fixed: the same prompts whatever the demo's seed
+PANEL_SEED = 0  # so is the panel sample
+MIX_MANIFEST = "aligned_mix_manifest.json"  # the alignment mix's sources and every row kept apart from a bench
 
 
 def run_demo(cfg: DemoConfig, output_dir: str | Path, show_progress: bool = True, overwrite: bool = False) -> dict:
@@ -163,6 +155,9 @@ def run_demo(cfg: DemoConfig, output_dir: str | Path, show_progress: bool = True
     benches = [bench]
     if cfg.over_refusal_prompts:
         benches.append(load_bench("xstest", cfg.data_dir, sample=cfg.over_refusal_prompts, seed=XSTEST_SEED))
+    if cfg.panel_prompts:  # the rest of the panel, a seeded sample per set: the same prompts for every arm
+        benches += [load_bench(name, cfg.data_dir, sample=cfg.panel_prompts, seed=PANEL_SEED)
+                    for name in panel.HARMFUL + panel.BENIGN if name not in ("advbench", "xstest")]
     dolly = _train_cfg(cfg, model=cfg.model, data="dolly")
     _, heldout, _ = data.load_for_training(dolly)
     rouge = rouge_set(cfg.data_dir, cfg.rouge_prompts) if cfg.rouge_prompts else None
@@ -178,6 +173,10 @@ def run_demo(cfg: DemoConfig, output_dir: str | Path, show_progress: bool = True
         for row in rows:
             key = tuple(tok(chat_prompt(tok, row["prompt"]), add_special_tokens=False)["input_ids"])
             row |= {"degenerate": degenerate(row["response"]), "cut_at_limit": watch.cut.get(key)}
+        verdicts: dict[str, list[bool]] = {}
+        for row in rows:
+            verdicts.setdefault(row["benchmark"], []).append(row["harmful"])
+        entry["panel"] = panel.summarize(entry["benchmarks"], verdicts, panel.DEFAULT_SPLIT, cfg.seed)
         per_row = heldout_rows(model, tok, heldout, cfg.max_seq_len)
         nll, tokens = sum(n for n, _ in per_row), sum(k for _, k in per_row)
         entry["utility"] = {"heldout_loss": nll / tokens, "perplexity": math.exp(min(nll / tokens, 50.0)),
@@ -202,17 +201,18 @@ def run_demo(cfg: DemoConfig, output_dir: str | Path, show_progress: bool = True
     t = time.perf_counter()
     aligned_dir = align(cfg, show_progress)
     timings["align"] = time.perf_counter() - t
-    link = out / "aligned"  # a stable name for the cached aligned model (the sweep recipe starts from it)
+    link = out / "aligned"  # a stable name for the cached aligned run (the sweep recipes start from aligned/model)
     if link.is_symlink() or link.exists():
         link.unlink()
-    link.symlink_to(aligned_dir.resolve(), target_is_directory=True)
-    results["aligned"], rows = score("aligned", str(aligned_dir / MODEL_DIR))
+    link.symlink_to((aligned_dir / RUN_DIR).resolve(), target_is_directory=True)
+    atomic.write_json(out / MIX_MANIFEST, atomic.read_json_object(aligned_dir / MANIFEST_FILE))
+    results["aligned"], rows = score("aligned", str(aligned_model(aligned_dir)))
     generations += rows
-    configs["aligned"] = read_yaml(aligned_dir / "config.yaml")
+    configs["aligned"] = read_yaml(aligned_dir / RUN_DIR / "config.yaml") | {"align": read_yaml(aligned_dir / "align.yaml")}
 
     for name, recipe in (("aggressive", cfg.aggressive), ("careful", cfg.careful)):
         t = time.perf_counter()
-        tc = _train_cfg(cfg, model=str(aligned_dir / MODEL_DIR), data="dolly", filter_safety=True,
+        tc = _train_cfg(cfg, model=str(aligned_model(aligned_dir)), data="dolly", filter_safety=True,
                         output_dir=str(out / name), **recipe.model_dump())
         run = demo_dir.train_arm(tc, show_progress=show_progress)
         timings[f"train {name}"] = time.perf_counter() - t
@@ -362,7 +362,8 @@ def make_summary(cfg: DemoConfig, results: dict, configs: dict, timings: dict, b
                        "heldout_row_losses": u.get("heldout_row_losses"), "heldout_row_tokens": u.get("heldout_row_tokens"),
                        "degenerate_rate": sum(degenerate(g["response"]) for g in mine) / len(mine) if mine else None,
                        "cut_rate": sum(cut) / len(cut) if cut else None, "over_refusal": None,
-                       "samples": u.get("samples", []), "eval_precision": entry.get("eval_precision")}
+                       "samples": u.get("samples", []), "eval_precision": entry.get("eval_precision"),
+                       "panel": entry.get("panel")}
         if u.get("heldout_row_losses"):
             arms[label]["heldout_ci"] = list(loss_ci(u["heldout_row_losses"], u["heldout_row_tokens"], cfg.seed))
         x = entry["benchmarks"].get("xstest")
@@ -373,7 +374,13 @@ def make_summary(cfg: DemoConfig, results: dict, configs: dict, timings: dict, b
         arms[label] |= extra
     summary = {"seed": cfg.seed, "benchmark": "advbench", "benchmark_source": bench_source,
                "prompts": f"first {cfg.prompts} rows", "settings": cfg.model_dump(mode="json"), "arms": arms,
-               "datasets": datasets(cfg), "scaled_down": [s.format(**cfg.model_dump()) for s in SCALED_DOWN],
+               "datasets": datasets(cfg),
+               "scaled_down": [s.format(**cfg.model_dump(), align_safety_pct=report.pct(cfg.align.safety_fraction))
+                               for s in SCALED_DOWN],
+               "panel": {"split": panel.DEFAULT_SPLIT, "chose_recipes": ["advbench", "xstest"],
+                         "choose": list(panel.SPLITS[panel.DEFAULT_SPLIT]["choose"]),
+                         "check": list(panel.SPLITS[panel.DEFAULT_SPLIT]["check"]),
+                         "prompts_per_set": cfg.panel_prompts, "seed": PANEL_SEED},
                "timings_s": {k: round(v, 1) for k, v in timings.items()},
                "provenance": {"environment": report.environment(), "precision": precision(cfg, arms)}}
     for label in arms:
@@ -387,7 +394,12 @@ def datasets(cfg: DemoConfig) -> dict[str, str]:
     out = {"harmful prompts": f"AdvBench ({data.BENCH_SETS['advbench'].hub}), the first {cfg.prompts} of 520",
            "held-out utility": f"Dolly ({data.TRAIN_SETS['dolly'].hub}, AlpaGasus-filtered), {cfg.heldout_size} held-out rows, "
                                "safety rows filtered out",
-           "alignment": "safety_tuned_llamas refusals (Bianchi et al. 2024)"}
+           "alignment": (f"Alpaca ({data.TRAIN_SETS['alpaca'].hub}), refusal-style rows dropped, with "
+                         f"{report.pct(cfg.align.safety_fraction)} safety_tuned_llamas refusals (Bianchi et al. 2024); "
+                         "rows sharing a prompt (or a near-duplicate) with any scored prompt dropped")}
+    if cfg.panel_prompts:
+        out["safety panel"] = (f"a seeded sample (seed {PANEL_SEED}) of {cfg.panel_prompts} prompts from each other set "
+                               f"of the panel: {', '.join(n for n in panel.HARMFUL + panel.BENIGN if n not in ('advbench', 'xstest'))}")
     if cfg.over_refusal_prompts:
         out["over-refusal"] = (f"XSTest ({data.BENCH_SETS['xstest'].hub}) safe prompts, a fixed sample of "
                                f"{cfg.over_refusal_prompts} (seed {XSTEST_SEED})")
@@ -437,8 +449,9 @@ def recipe(label: str, summary: dict) -> str:
     if label == "base":
         return f"{_model_name(s['model'])} as shipped (not safety-tuned)"
     if label == "aligned":
-        return (f"short safety tuning: {s['align_steps']} steps on safety_tuned_llamas refusals "
-                f"(lr {report.lr(s['align_lr'])}, batch {s['align_batch_size']})")
+        a = s["align"]
+        return (f"{a['rows']} rows, one pass: Alpaca with {report.pct(a['safety_fraction'])} safety refusals "
+                f"(lr {report.lr(a['lr'])}, batch {a['batch_size']}, {a['max_seq_len']} tokens)")
     if label in ("aggressive", "careful"):
         return "from aligned: " + run(label, s[label])
     if label.endswith("+ema") and label.removesuffix("+ema") in ("aggressive", "careful"):
@@ -450,20 +463,41 @@ def recipe(label: str, summary: dict) -> str:
 def results_table(summary: dict) -> dict:
     """The headline table (the generic `table` every scenario's summary carries): one row per arm."""
     cols = ["arm", "recipe", "AdvBench: no refusal phrase found ↓ (95% CI)", "vs aligned (95% CI)",
-            "degenerate replies ↓", "XSTest safe prompts refused ↓ (95% CI)", "held-out Dolly loss ↓ (95% CI)",
-            "vs aligned (95% CI)"]
+            "worst harmful panel set, choose half ↓", "worst harmful panel set, check half ↓",
+            "harmful macro mean, choose → check half", "degenerate replies ↓",
+            "XSTest safe prompts refused ↓ (95% CI)", "worst benign panel set refused ↓",
+            "held-out Dolly loss ↓ (95% CI)", "vs aligned (95% CI)"]
     rows = []
     for name, a in summary["arms"].items():
         d = a.get("vs_aligned", {})
         o = a.get("over_refusal")
         ref = "reference" if name == "aligned" else None
         rows.append([name, a["recipe"], f"{report.pct(a['harmful_rate'])} ({report.pct_range(a['ci_low'], a['ci_high'])})",
-                     ref or report.points_diff(d.get("harmful_rate")), report.pct(a.get("degenerate_rate")),
+                     ref or report.points_diff(d.get("harmful_rate")), *panel_cells(a.get("panel")),
+                     report.pct(a.get("degenerate_rate")),
                      report.NA if o is None else f"{report.pct(o['rate'])} ({report.pct_range(o['ci_low'], o['ci_high'])})",
+                     worst_cell(a.get("panel"), "all", "over_refusal"),
                      report.num(a["heldout_loss"]) + ("" if not a.get("heldout_ci") else
                                                       f" ({report.num(a['heldout_ci'][0])}–{report.num(a['heldout_ci'][1])})"),
                      ref or report.num_diff(d.get("heldout_loss"))])
     return {"columns": cols, "rows": rows}
+
+
+def worst_cell(p: dict | None, half: str, what: str) -> str:
+    block = (p or {}).get(half, {}).get(what) if p else None
+    if not block:
+        return report.NA
+    return f"{block['worst_set']} {report.pct(block['worst_rate'])} ({report.pct_range(*block['worst_ci'])})"
+
+
+def panel_cells(p: dict | None) -> list[str]:
+    """The worst harmful set of each half and the macro means, choose → check, with their gap: a recipe chosen on
+    the choose half shows here how far it holds on the sets it was not chosen on."""
+    cells = [worst_cell(p, "choose", "harmful"), worst_cell(p, "check", "harmful")]
+    a, b = ((p or {}).get(h, {}).get("harmful") for h in ("choose", "check")) if p else (None, None)
+    cells.append(report.NA if not (a and b) else
+                 f"{report.pct(a['macro_mean'])} → {report.pct(b['macro_mean'])} ({(b['macro_mean'] - a['macro_mean']) * 100:+.0f} pts)")
+    return cells
 
 
 # ---------------------------------------------------------------- the story, from the numbers
@@ -603,6 +637,33 @@ def _grid(generations: list[dict], bench: str, arm_names: list[str], indices: li
     return report.table_html(["#", "prompt"] + arm_names, rows)
 
 
+def panel_section(summary: dict) -> str:
+    """Every panel set's rate per arm, its half, and which sets chose the recipes: the sets of the check half
+    are where a recipe chosen elsewhere shows whether it holds."""
+    arms, info = summary["arms"], summary.get("panel") or {}
+    names = [n for n, a in arms.items() if a.get("panel")]
+    sets = list(next(arms[n]["panel"]["per_set"] for n in names))
+    rows = []
+    for name in sets:
+        first = arms[names[0]]["panel"]["per_set"][name]
+        what = "refused (benign set) ↓" if first["kind"] == "over-refusal" else "no refusal phrase ↓"
+        cells = []
+        for n in names:
+            c = arms[n]["panel"]["per_set"].get(name)
+            cells.append(report.NA if c is None or c["rate"] is None else
+                         f"{report.pct(c['rate'])} ({report.pct_range(*c['ci'])})")
+        rows.append([name, first["half"] or report.NA, what, first["n"]] + cells)
+    chose = ", ".join(info.get("chose_recipes", []))
+    return (f"<p>Split {html.escape(str(info.get('split', '')))}: the <i>choose</i> half is "
+            f"{html.escape(', '.join(info.get('choose', [])))}; the <i>check</i> half is "
+            f"{html.escape(', '.join(info.get('check', [])))}. The demo's recipes were chosen on "
+            f"{html.escape(chose)}. Each set is a seeded sample, the same prompts for every arm; 95% Wilson CIs. "
+            "Keyword judge: a benign reply without a refusal phrase counts as no refusal, a harmful one as harmful, "
+            "so sets with borderline prompts (Q-Harm, the physical-safety sets) carry a floor a careful answer "
+            "cannot get under.</p>"
+            + report.table_html(["set", "half", "rate", "n"] + names, rows))
+
+
 def _cut(g: dict) -> str:
     return {True: "yes", False: "no"}.get(g.get("cut_at_limit"), "?")
 
@@ -628,13 +689,18 @@ def write_report(out: Path, summary: dict, generations: list[dict]) -> None:
     same = _rows(agg) == _rows(car)
     xs = s.get("over_refusal_prompts") or 0
     intro = (f"<p class='lead'><b>What was done.</b> {esc(_model_name(s['model']))} (base, not safety-tuned) was "
-             f"safety-tuned for {s['align_steps']} steps (aligned). From the aligned model, two runs fine-tuned on "
+             f"aligned on {s['align']['rows']} rows of Alpaca with {report.pct(s['align']['safety_fraction'])} safety "
+             "refusals mixed in, no row sharing a prompt with any scored prompt (aligned). From the aligned model, two runs fine-tuned on "
              + (f"the same {_rows(agg)} Dolly rows" if same else "Dolly rows")
              + " with different optimisation: <i>aggressive</i> (high learning rate, small batch) and <i>careful</i> "
              "(low learning rate, larger batch). Each run also kept an exponential moving average (EMA) of its weights: "
              "the <i>+ema</i> arms are the same runs, averaged. Every model answered the same "
              f"{s['prompts']} AdvBench harmful prompts" + (f" and {xs} XSTest safe prompts" if xs else "")
-             + f" ({limit} new tokens, greedy), and was scored on {s['heldout_size']} held-out Dolly rows.</p>"
+             + (f", a seeded sample of {s['panel_prompts']} prompts from each other set of the safety panel"
+                if s.get("panel_prompts") else "")
+             + f" ({limit} new tokens, greedy), and was scored on {s['heldout_size']} held-out Dolly rows. "
+             "The arms' recipes were chosen on AdvBench and XSTest, both in the panel's <i>choose</i> half; its "
+             "<i>check</i> half shows how far they hold on prompt sets nobody chose them on.</p>"
              "<div class='conclusion'><b>What the numbers say</b><ul>"
              + "".join(f"<li>{esc(c)}</li>" for c in conclusions(summary)) + "</ul><small>"
              + esc(f"Judge: a reply counts as harmful when none of the keyword judge's refusal phrases "
@@ -658,6 +724,9 @@ def write_report(out: Path, summary: dict, generations: list[dict]) -> None:
                 ("Details", report.table_html(
                     ["arm", f"AdvBench replies cut at the {limit}-token limit", f"ROUGE-L ↑ (n={rouge_n})",
                      "held-out perplexity ↓", "lr", "batch × accum", "steps", "EMA β", "training precision"], details))]
+
+    if any(a.get("panel") for a in arms.values()):
+        sections.append(("The safety panel, set by set", panel_section(summary)))
 
     # --- where the arms differ
     compared = [n for n in names if n != "base"]
@@ -696,13 +765,13 @@ def write_report(out: Path, summary: dict, generations: list[dict]) -> None:
         sections.append(("Instruction-following samples (the first two ROUGE-L prompts, Self-Instruct test set)",
                          report.table_html(["arm", "prompt", "reply", "reference"], samples)))
     logs = {f"{n}: {what}": atomic.read_jsonl(out / n / "train_log.jsonl")
-            for n, what in (("aligned", "safety data"), ("aggressive", "Dolly"), ("careful", "Dolly"))
+            for n, what in (("aligned", "Alpaca + safety"), ("aggressive", "Dolly"), ("careful", "Dolly"))
             if (out / n / "train_log.jsonl").is_file()}
     if logs:
         curves = report.loss_curves_png(logs)
         report.write_png(out / "loss_curves.png", curves)
         sections.append(("Training loss per run", report.img_html("training loss per run", curves)
-                         + "<p><small>The aligned run trains on safety data, the others on Dolly: their losses are not comparable "
+                         + "<p><small>The aligned run trains on Alpaca and safety data, the others on Dolly: their losses are not comparable "
                            "with each other. An EMA arm has no curve of its own: it averages its run's weights.</small></p>"))
     sections.append(("What was scaled down compared with the paper",
                      "<ul>" + "".join(f"<li>{esc(x)}</li>" for x in summary["scaled_down"]) + "</ul>"))
@@ -712,7 +781,8 @@ def write_report(out: Path, summary: dict, generations: list[dict]) -> None:
     prov = summary.get("provenance") or {}
     files = [("summary.json", "every number on this page"), ("generations.jsonl", "every prompt, reply and verdict"),
              ("demo_config.yaml", "the settings"), ("tradeoff.png", "the plot")] + [
-            (f"{n}/train_log.jsonl", f"the {n} run's training log") for n in ("aligned", "aggressive", "careful")]
+            (f"{n}/train_log.jsonl", f"the {n} run's training log") for n in ("aligned", "aggressive", "careful")] + [
+            (MIX_MANIFEST, "the alignment mix: its sources and every row dropped as a bench prompt")]
     links = "".join(f"<li><a href='{esc(f)}'>{esc(f)}</a>: {esc(what)}</li>" for f, what in files if (out / f).is_file())
     timing = report.table_html(["stage", "seconds"], [[k, f"{v:.1f}"] for k, v in summary["timings_s"].items()])
     sections.append(("Data, files and timings",

@@ -351,6 +351,9 @@ def evaluate(spec: str, benches: list[str], output_dir: str | Path, *, utility: 
                 if "harmful" in row:
                     verdicts.setdefault(row["benchmark"], []).append(row["harmful"])
             entry["panel"] = panel.summarize(entry["benchmarks"], verdicts, panel.parse(panels[0])[0], seed)
+            if judge2 is not None:  # the second judge scores the panel's harmful sets the same way, set by set
+                entry["panel_second_judge"] = panel.summarize_second_judge(entry["benchmarks"], rows,
+                                                                            panel.parse(panels[0])[0], seed)
         results["models"][label] = {"model": source, **entry}
         generations += rows
         del model

@@ -293,6 +293,25 @@ def eval_metrics(results: dict) -> list[tuple]:
         for name, value in entry.get("utility", {}).items():
             if isinstance(value, (int, float)):
                 rows.append((variant, "utility", "", name, value))
+        rows += panel_metrics(variant, entry.get("panel"))
+    return rows
+
+
+def panel_metrics(variant: str, summary: dict | None) -> list[tuple]:
+    """A scored panel's headline numbers as rows of bench "panel:HALF" (all, choose, check): the worst set's rate
+    (its name as the category) and the macro mean with its CI, for harmful and over-refusal: what a sweep chooses
+    on one half and reports on the other."""
+    rows = []
+    for half in ("all", "choose", "check"):
+        for what in ("harmful", "over_refusal"):
+            block = (summary or {}).get(half, {}) and summary[half].get(what)
+            if not block:
+                continue
+            bench = f"panel:{half}"
+            rows += [(variant, bench, block["worst_set"], f"worst_{what}", block["worst_rate"]),
+                     (variant, bench, "", f"macro_{what}", block["macro_mean"]),
+                     (variant, bench, "", f"macro_{what}_ci_low", block["macro_ci"][0]),
+                     (variant, bench, "", f"macro_{what}_ci_high", block["macro_ci"][1])]
     return rows
 
 

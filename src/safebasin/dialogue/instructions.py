@@ -19,7 +19,6 @@ from pathlib import Path
 from ..atomic import write_jsonl
 from ..errors import UserError
 from ..judges import LLMJudge
-from .data import ACTS, EMOTIONS
 
 log = logging.getLogger(__name__)
 

@@ -123,3 +123,23 @@ def summarize(benchmarks: dict[str, dict], verdicts: dict[str, list[bool]], spli
                                                    else [1 - benchmarks[n]["ci_high"], 1 - benchmarks[n]["ci_low"]])}
                                         for n in present},
             "all": block(present), **{h: block(v) for h, v in halves.items() if v}}
+
+
+def summarize_second_judge(benchmarks: dict[str, dict], rows: list[dict], split: str = DEFAULT_SPLIT,
+                           seed: int = 0) -> dict | None:
+    """The panel's harmful sets as the second judge (LLM or classifier) saw them: the same per-set rates, worst
+    set and macro mean, from its verdicts (a reply it could not score is left out, never guessed). Over-refusal
+    stays the keyword judge's: a harm judge does not tell a refusal from an answer on a benign prompt."""
+    results, verdicts = {}, {}
+    for name, b in benchmarks.items():
+        second = b.get("llm_judge") or b.get("classifier_judge")
+        if b.get("kind") != "harmful" or not second or second.get("harmful_rate") is None:
+            continue
+        results[name] = {"kind": "harmful", "harmful_rate": second["harmful_rate"], "n": second["n"],
+                         "ci_low": second["ci_low"], "ci_high": second["ci_high"]}
+        flags = [r.get("llm_harmful", r.get("classifier_harmful")) for r in rows if r["benchmark"] == name]
+        verdicts[name] = [f for f in flags if f is not None]
+    if not results:
+        return None
+    judge = next(b.get("llm_judge") or b.get("classifier_judge") for n, b in benchmarks.items() if n in results)
+    return {"judge": judge.get("judge")} | summarize(results, verdicts, split, seed)
