@@ -96,11 +96,13 @@ def test_the_same_recipe_is_reused_and_another_is_refused(aligned, caplog, capsy
     (["--benign", "{tmp}/missing.json"], "missing.json"),
     (["--safety", "{tmp}/empty.jsonl"], "empty.jsonl"),
     (["--config", "{tmp}/typo.yaml"], "safty_fraction"),
+    (["--config", "{tmp}/precision.yaml"], "mixed_precision"),
     (["--output-dir", "{tmp}/foreign"], "not an aligned dir"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(args, fragment, tmp_path, tiny_model_dir, data_dir, capsys):
     (tmp_path / "empty.jsonl").write_text("")
     (tmp_path / "typo.yaml").write_text("safty_fraction: 0.1\n")
+    (tmp_path / "precision.yaml").write_text("mixed_precision: fp8\n")
     (tmp_path / "foreign").mkdir()
     (tmp_path / "foreign" / "notes.txt").write_text("mine")
     before = sorted(p.name for p in tmp_path.rglob("*"))

@@ -23,6 +23,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from . import atomic, data, models, report
+from .models import native_bf16
 from .config import TrainConfig, from_preset, read_yaml
 from .evaluate import evaluate_model, load_bench, rouge_l, rouge_set
 from .generate import HFBackend, chat_prompt
@@ -110,19 +111,6 @@ def demo_config(preset: str = "default", path: str | None = None, overrides: dic
     return from_preset(DemoConfig, PRESETS, preset, path, overrides, "demo")
 
 
-def native_bf16() -> bool:
-    """bf16 autocast pays off only with hardware support; emulated bf16 is slower than float32."""
-    import torch
-
-    if torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported()
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 def _train_cfg(cfg: DemoConfig, **kw) -> TrainConfig:
     precision = cfg.mixed_precision if cfg.mixed_precision != "auto" else ("bf16" if native_bf16() else "no")
     return TrainConfig(data_dir=cfg.data_dir, seed=cfg.seed, max_seq_len=cfg.max_seq_len, heldout_size=cfg.heldout_size,
@@ -131,9 +119,8 @@ def _train_cfg(cfg: DemoConfig, **kw) -> TrainConfig:
 
 def align(cfg: DemoConfig, show_progress: bool) -> Path:
     """The aligned dir of the demo's recipe: trained once, then reused from the cache (safety.align)."""
-    precision = cfg.align.mixed_precision if cfg.align.mixed_precision != "auto" else ("bf16" if native_bf16() else "no")
-    recipe = cfg.align.model_dump() | {"mixed_precision": precision}
-    return align_model(AlignConfig(model=cfg.model, data_dir=cfg.data_dir, **recipe), show_progress=show_progress)
+    return align_model(AlignConfig(model=cfg.model, data_dir=cfg.data_dir, **cfg.align.model_dump()),
+                       show_progress=show_progress)
 
 
 ARMS_FROM_ALIGNED = ("aligned", "aggressive", "aggressive+ema", "careful", "careful+ema")

@@ -331,3 +331,16 @@ def tiny_tokenizer(vocab_size: int = 512):
                                    pad_token="<|im_end|>", unk_token="<|endoftext|>")
     fast.chat_template = CHATML
     return fast
+
+
+def native_bf16() -> bool:
+    """bf16 autocast pays off only with hardware support; emulated bf16 is slower than float32."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags

@@ -18,6 +18,7 @@ import logging
 import random
 import re
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -50,7 +51,7 @@ class AlignRecipe(BaseModel):
     heldout_size: int = Field(32, ge=0)  # mix rows held out for the run's own held-out loss
     near_duplicate: float = Field(0.85, gt=0, le=1)  # MiniLM cosine at or above which a row counts as a bench prompt
     seed: int = Field(0, ge=0, lt=2**32)
-    mixed_precision: str = "no"
+    mixed_precision: Literal["no", "bf16", "fp16", "auto"] = "no"  # auto: bf16 where the CPU/GPU has it natively
 
 
 class AlignConfig(AlignRecipe):
@@ -156,8 +157,14 @@ def train_config(cfg: AlignConfig, out: Path) -> TrainConfig:
                        lr=cfg.lr, batch_size=cfg.batch_size, steps=max(1, (cfg.rows - cfg.heldout_size) // cfg.batch_size),
                        warmup_steps=min(cfg.warmup_steps, max(0, (cfg.rows - cfg.heldout_size) // cfg.batch_size - 1)),
                        schedule="cosine", max_seq_len=cfg.max_seq_len, heldout_size=cfg.heldout_size,
-                       group_by_length=True, seed=cfg.seed, mixed_precision=cfg.mixed_precision,
+                       group_by_length=True, seed=cfg.seed, mixed_precision=precision(cfg.mixed_precision),
                        output_dir=str(out / RUN_DIR))
+
+
+def precision(setting: str) -> str:
+    if setting != "auto":
+        return setting
+    return "bf16" if models.native_bf16() else "no"
 
 
 def aligned_model(out: Path) -> Path:
