@@ -85,7 +85,7 @@ class DemoConfig(BaseModel):
 
 
 PRESETS = {
-    "quick": {"prompts": 24, "rouge_prompts": 4, "heldout_size": 24, "over_refusal_prompts": 12, "panel_prompts": 6,
+    "quick": {"prompts": 24, "rouge_prompts": 4, "heldout_size": 24, "over_refusal_prompts": 8, "panel_prompts": 4,
               "aggressive": {"lr": 2e-4, "batch_size": 4, "steps": 12, "ema_beta": 0.97},
               "careful": {"lr": 2e-5, "batch_size": 8, "grad_accum": 2, "steps": 3, "ema_beta": 0.8}},
     "default": {},
