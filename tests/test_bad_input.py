@@ -143,6 +143,22 @@ def expect_one_line(got: int, err: str, code: int, fragment: str) -> None:
         assert len(lines[0]) < MAX_MESSAGE + 100
 
 
+def edit_tensors(path, edit) -> None:
+    """Rewrite a safetensors side file through `edit(tensors)`: the reliability tables plant their bad files so."""
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(path))
+    edit(tensors)
+    save_file(tensors, str(path))
+
+
+def edit_json(path, edit) -> None:
+    """Rewrite a JSON pointer through `edit(obj)`."""
+    obj = json.loads(path.read_text())
+    edit(obj)
+    path.write_text(json.dumps(obj))
+
+
 def test_a_failed_lora_build_leaves_no_config_behind(ctx, capsys):
     out = ctx["root"] / "lora_out"
     args = [a.format(**ctx) for a in _train("--config", "{root}/lora_nothing.yaml", "--output-dir", str(out))]

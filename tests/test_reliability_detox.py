@@ -13,26 +13,15 @@ import shutil
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
 
 from safebasin import models
 from safebasin.config import TrainConfig
 from safebasin.errors import MAX_MESSAGE
 from safebasin.evaluate import evaluate
 from safebasin.train import train
-from test_bad_input import invoke
+from test_bad_input import edit_json, edit_tensors, invoke
 
 
-def _block(path, edit):
-    tensors = load_file(str(path))
-    edit(tensors)
-    save_file(tensors, str(path))
-
-
-def _pointer(path, edit):
-    pointer = json.loads(path.read_text())
-    edit(pointer)
-    path.write_text(json.dumps(pointer))
 
 
 def _cut(path):
@@ -45,22 +34,22 @@ def _nan(t):
 
 def _unpinned(base):
     """A pointer as ADLM wrote it before pins, with `base_model` set to `base` ({root} filled in)."""
-    return lambda p: _pointer(p, lambda x: (x.pop("base_model_pin", None), x.update(base_model=base.format(root=p.parents[2]))))
+    return lambda p: edit_json(p, lambda x: (x.pop("base_model_pin", None), x.update(base_model=base.format(root=p.parents[2]))))
 
 
 BROKEN = {  # name -> (file in model/, how it is broken)
-    "nan": ("adlm_block.safetensors", lambda p: _block(p, _nan)),
+    "nan": ("adlm_block.safetensors", lambda p: edit_tensors(p, _nan)),
     "block-empty": ("adlm_block.safetensors", lambda p: p.write_bytes(b"")),
     "block-truncated": ("adlm_block.safetensors", _cut),
     "block-wrong-shape": ("adlm_block.safetensors",
-                          lambda p: _block(p, lambda t: t.update({"discriminator.weight": torch.zeros(3, 3)}))),
-    "block-missing-key": ("adlm_block.safetensors", lambda p: _block(p, lambda t: t.pop("discriminator.bias"))),
+                          lambda p: edit_tensors(p, lambda t: t.update({"discriminator.weight": torch.zeros(3, 3)}))),
+    "block-missing-key": ("adlm_block.safetensors", lambda p: edit_tensors(p, lambda t: t.pop("discriminator.bias"))),
     "pointer-truncated": ("adlm.json", _cut),
     "pointer-list": ("adlm.json", lambda p: p.write_text('["base_model", "tiny"]\n')),
-    "alpha-string": ("adlm.json", lambda p: _pointer(p, lambda x: x.update(steer_alpha="6"))),
-    "alpha-range": ("adlm.json", lambda p: _pointer(p, lambda x: x.update(steer_alpha=11))),
-    "pin-edited": ("adlm.json", lambda p: _pointer(p, lambda x: x.setdefault("base_model_pin", {}).update(path=str(p.parents[2] / "b" / "tiny")))),
-    "base-edited": ("adlm.json", lambda p: _pointer(p, lambda x: x.update(base_model=str(p.parents[2] / "b" / "tiny")))),
+    "alpha-string": ("adlm.json", lambda p: edit_json(p, lambda x: x.update(steer_alpha="6"))),
+    "alpha-range": ("adlm.json", lambda p: edit_json(p, lambda x: x.update(steer_alpha=11))),
+    "pin-edited": ("adlm.json", lambda p: edit_json(p, lambda x: x.setdefault("base_model_pin", {}).update(path=str(p.parents[2] / "b" / "tiny")))),
+    "base-edited": ("adlm.json", lambda p: edit_json(p, lambda x: x.update(base_model=str(p.parents[2] / "b" / "tiny")))),
     "unpinned-relative": ("adlm.json", _unpinned("tiny")),
     "unpinned-wide": ("adlm.json", _unpinned("{root}/wide")),
 }

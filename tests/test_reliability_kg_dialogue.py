@@ -12,25 +12,14 @@ import shutil
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
 
 from safebasin.config import TrainConfig, build
 from safebasin.errors import UserError
 from safebasin.kg import data as kg_data
 from safebasin.train import train
-from test_bad_input import expect_one_line, invoke
+from test_bad_input import edit_json, edit_tensors, expect_one_line, invoke
 
 
-def _modules(path, edit):
-    tensors = load_file(str(path))
-    edit(tensors)
-    save_file(tensors, str(path))
-
-
-def _pointer(path, edit):
-    pointer = json.loads(path.read_text())
-    edit(pointer)
-    path.write_text(json.dumps(pointer))
 
 
 def _nan(t):
@@ -42,19 +31,19 @@ def _cut(path):
 
 
 BROKEN = {  # name -> (file in model/, how it is broken)
-    "nan": ("surge.safetensors", lambda p: _modules(p, _nan)),
+    "nan": ("surge.safetensors", lambda p: edit_tensors(p, _nan)),
     "modules-empty": ("surge.safetensors", lambda p: p.write_bytes(b"")),
     "modules-truncated": ("surge.safetensors", _cut),
-    "modules-wrong-shape": ("surge.safetensors", lambda p: _modules(p, lambda t: t.update({"query.weight": torch.zeros(3, 3)}))),
-    "modules-missing-key": ("surge.safetensors", lambda p: _modules(p, lambda t: t.pop("query.weight"))),
+    "modules-wrong-shape": ("surge.safetensors", lambda p: edit_tensors(p, lambda t: t.update({"query.weight": torch.zeros(3, 3)}))),
+    "modules-missing-key": ("surge.safetensors", lambda p: edit_tensors(p, lambda t: t.pop("query.weight"))),
     "pointer-truncated": ("surge.json", _cut),
     "pointer-list": ("surge.json", lambda p: p.write_text('["settings", "relations"]\n')),
-    "relations-short": ("surge.json", lambda p: _pointer(p, lambda x: x.update(relations=x["relations"][:-5]))),
-    "relations-string": ("surge.json", lambda p: _pointer(p, lambda x: x.update(relations="Hub"))),
-    "settings-range": ("surge.json", lambda p: _pointer(p, lambda x: x["settings"].update(n_triples=99))),
-    "settings-nan": ("surge.json", lambda p: _pointer(p, lambda x: x["settings"].update(supervised_weight=math.nan))),
-    "settings-string": ("surge.json", lambda p: _pointer(p, lambda x: x["settings"].update(k_subgraphs="four"))),
-    "settings-list": ("surge.json", lambda p: _pointer(p, lambda x: x.update(settings=[1, 2]))),
+    "relations-short": ("surge.json", lambda p: edit_json(p, lambda x: x.update(relations=x["relations"][:-5]))),
+    "relations-string": ("surge.json", lambda p: edit_json(p, lambda x: x.update(relations="Hub"))),
+    "settings-range": ("surge.json", lambda p: edit_json(p, lambda x: x["settings"].update(n_triples=99))),
+    "settings-nan": ("surge.json", lambda p: edit_json(p, lambda x: x["settings"].update(supervised_weight=math.nan))),
+    "settings-string": ("surge.json", lambda p: edit_json(p, lambda x: x["settings"].update(k_subgraphs="four"))),
+    "settings-list": ("surge.json", lambda p: edit_json(p, lambda x: x.update(settings=[1, 2]))),
 }
 
 
