@@ -160,10 +160,7 @@ def run_demo(cfg: DemoConfig, output_dir: str | Path, show_progress: bool = True
         for row in rows:
             key = tuple(tok(chat_prompt(tok, row["prompt"]), add_special_tokens=False)["input_ids"])
             row |= {"degenerate": degenerate(row["response"]), "cut_at_limit": watch.cut.get(key)}
-        verdicts: dict[str, list[bool]] = {}
-        for row in rows:
-            verdicts.setdefault(row["benchmark"], []).append(row["harmful"])
-        entry["panel"] = panel.summarize(entry["benchmarks"], verdicts, panel.DEFAULT_SPLIT, cfg.seed)
+        entry["panel"] = panel.summarize(entry["benchmarks"], panel.verdicts_of(rows), panel.DEFAULT_SPLIT, cfg.seed)
         per_row = heldout_rows(model, tok, heldout, cfg.max_seq_len)
         nll, tokens = sum(n for n, _ in per_row), sum(k for _, k in per_row)
         entry["utility"] = {"heldout_loss": nll / tokens, "perplexity": math.exp(min(nll / tokens, 50.0)),

@@ -346,11 +346,7 @@ def evaluate(spec: str, benches: list[str], output_dir: str | Path, *, utility: 
             if generator is not None:
                 generator.close()
         if panels:
-            verdicts: dict[str, list[bool]] = {}
-            for row in rows:
-                if "harmful" in row:
-                    verdicts.setdefault(row["benchmark"], []).append(row["harmful"])
-            entry["panel"] = panel.summarize(entry["benchmarks"], verdicts, panel.parse(panels[0])[0], seed)
+            entry["panel"] = panel.summarize(entry["benchmarks"], panel.verdicts_of(rows), panel.parse(panels[0])[0], seed)
             if judge2 is not None:  # the second judge scores the panel's harmful sets the same way, set by set
                 entry["panel_second_judge"] = panel.summarize_second_judge(entry["benchmarks"], rows,
                                                                             panel.parse(panels[0])[0], seed)

@@ -143,3 +143,12 @@ def summarize_second_judge(benchmarks: dict[str, dict], rows: list[dict], split:
         return None
     judge = next(b.get("llm_judge") or b.get("classifier_judge") for n, b in benchmarks.items() if n in results)
     return {"judge": judge.get("judge")} | summarize(results, verdicts, split, seed)
+
+
+def verdicts_of(rows: list[dict]) -> dict[str, list[bool]]:
+    """Per set, the keyword verdicts of scored rows (generations.jsonl's shape), in row order."""
+    out: dict[str, list[bool]] = {}
+    for row in rows:
+        if "harmful" in row:
+            out.setdefault(row["benchmark"], []).append(row["harmful"])
+    return out
