@@ -193,3 +193,64 @@ def test_the_second_judge_scores_the_panel_set_by_set_and_skips_what_it_could_no
     assert s["all"]["harmful"]["worst_set"] == "Q-Harm" and s["all"]["harmful"]["macro_mean"] == pytest.approx(0.5)
     assert s["all"]["over_refusal"] is None  # over-refusal stays the keyword judge's
     assert panel.summarize_second_judge({"xstest": benches["xstest"]}, rows) is None
+
+
+def _panel_store(sweep_dir, trials):
+    """A sweep store as a panel sweep writes it (eval_metrics of panel.summarize), from hand-made per-half rates:
+    {label: (lr, choose rate, check rate, held-out loss)}; 10 prompts per harmful set, every set of a half alike."""
+    from safebasin.store import Store, eval_metrics
+
+    store = Store(sweep_dir / "runs.db")
+    for label, (lr, choose, check, loss) in trials.items():
+        verdicts = {s: [True] * round(10 * (choose if panel.half_of(s) == "choose" else check)) for s in panel.HARMFUL}
+        verdicts = {s: v + [False] * (10 - len(v)) for s, v in verdicts.items()}
+        benches = {s: _result("harmful", v) for s, v in verdicts.items()}
+        entry = {"benchmarks": benches, "panel": panel.summarize(benches, verdicts), "utility": {"heldout_loss": loss}}
+        train = {"method": "sft", "lr": lr, "batch_size": 4, "grad_accum": 1, "steps": 10, "ema_beta": None, "lora_r": 0}
+        config = {"model": "start"} if lr is None else {"train": train}
+        run_id, _ = store.upsert_run(config, kind="baseline" if lr is None else "trial", run_dir=str(sweep_dir / label))
+        store.start(run_id)
+        store.finish(run_id, eval_metrics({"models": {"model": entry}}))
+    store.close()
+
+
+def test_a_sweep_report_chooses_on_the_choose_half_and_shows_the_check_half_and_gap_beside_each_choice(tmp_path):
+    """Start 0% / 10%; trials (choose, check): careful 10%/10%, fast 10%/50%, reckless 60%/80%. Within 15 points
+    of the start on the choose half, the fast trial learns most and is chosen; the check half shows it 40 points
+    worse than where it was chosen, with a bootstrap CI that excludes 0, and the budget line drawn on the choose
+    half misfiles it on the check half."""
+    from safebasin import report
+
+    _panel_store(tmp_path, {"start": (None, 0.0, 0.1, 2.0), "careful": (1e-5, 0.1, 0.1, 1.95),
+                            "fast": (1e-4, 0.1, 0.5, 1.8), "reckless": (1e-3, 0.6, 0.8, 1.7)})
+    s = report.sweep_report(tmp_path, max_harm_increase=0.15)
+    assert s["bench"] == "panel:choose" and s["check_bench"] == "panel:check" and s["measure"] == "macro-mean harmful rate"
+    rec = s["recommendation"]
+    assert rec["lr"] == 1e-4 and rec["harmful_rate"] == pytest.approx(0.1)
+    c = rec["check"]
+    assert c["harmful_rate"] == pytest.approx(0.5) and c["worst_rate"] == pytest.approx(0.5) and c["worst_set"] in panel.HARMFUL
+    assert c["ci"][0] <= 0.5 <= c["ci"][1]
+    assert c["gap"]["diff"] == pytest.approx(0.4) and 0 < c["gap"]["low"] < 0.4 < c["gap"]["high"] and c["gap"]["real"]
+    # on the choose half the careful trial is dominated (same harm, less learned): only the check half tells them apart
+    assert [p["lr"] for p in s["pareto"]] == [1e-4, 1e-3] and s["pareto"][1]["check"]["harmful_rate"] == pytest.approx(0.8)
+    assert s["baseline"]["check"]["harmful_rate"] == pytest.approx(0.1)
+    assert s["worst_keeping_utility"]["label"].startswith("lr 0.001") and s["worst_keeping_utility"]["trials"] == 3
+    rule = s["budget_rule"]["None"][0]
+    assert rule["agree"] == 1.0 and rule["check"]["agree"] == pytest.approx(2 / 3)  # the fast trial is misfiled
+    md = (tmp_path / "report.md").read_text()
+    assert "reported on panel:check" in md and "check half 50.0%" in md and "gap check − choose +40.0 points" in md
+    careful_row = next(line for line in md.splitlines() if line.startswith("| lr 1e-05"))
+    assert "| 10.0% | 10.0% | +0.0 points" in careful_row and " real" not in careful_row
+    assert "set_verdicts" not in (tmp_path / "report.json").read_text()
+    html = (tmp_path / "report.html").read_text()
+    assert "check half" in html and "+40.0 points" in html
+
+
+def test_a_sweep_report_chooses_on_a_named_bench_and_refuses_one_it_never_scored(tmp_path):
+    from safebasin import report
+
+    _panel_store(tmp_path, {"start": (None, 0.0, 0.1, 2.0), "a": (1e-5, 0.1, 0.1, 1.9), "b": (1e-4, 0.3, 0.2, 1.8)})
+    s = report.sweep_report(tmp_path, max_harm_increase=0.5, choose_on="Q-Harm")
+    assert s["bench"] == "Q-Harm" and s["check_bench"] is None and s["recommendation"]["lr"] == 1e-4
+    with pytest.raises(UserError, match=r"--choose-on advbnch: no trial was scored on it \(scored: .*advbench"):
+        report.sweep_report(tmp_path, choose_on="advbnch")

@@ -422,6 +422,9 @@ def report(
     sweep_dir: Path = typer.Argument(..., metavar="DIR", help="A sweep dir, or one `safebasin train` run dir."),
     max_harm_increase: float = typer.Option(0.02, help="Recommend only trials within this of the starting model's harmful rate."),
     utility: str = typer.Option("heldout_loss", help="heldout_loss (lower is better) or rougeL (higher is better)."),
+    choose_on: Optional[str] = typer.Option(None, help="The bench to choose on (default: panel:choose if the sweep "
+                                            "scored it, else advbench). Choosing on panel:choose reports every choice "
+                                            "on panel:check beside it, with the gap."),
 ):
     """A sweep: Pareto front, heat maps and a recommendation. A run: training and monitor curves, eval, basin plot."""
     from rich.markdown import Markdown
@@ -434,7 +437,7 @@ def report(
         return
     if utility not in UTILITY:
         raise UserError(f"--utility must be one of {', '.join(UTILITY)}")
-    summary = sweep_report(sweep_dir, max_harm_increase, utility)
+    summary = sweep_report(sweep_dir, max_harm_increase, utility, choose_on)
     out.print(Markdown(summary["markdown"]))
     say(f"wrote {sweep_dir / 'report.html'}, {sweep_dir / 'report.md'} and the PNGs")
 

@@ -21,6 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import PercentFormatter  # noqa: E402
 
 from . import atomic, compare  # noqa: E402
+from .safety import panel  # noqa: E402
 from .config import read_yaml  # noqa: E402
 
 NA = "—"  # not applicable (the base model has no learning rate), as opposed to "" = not measured
@@ -467,6 +468,19 @@ def budget_rule(points: list[dict], baseline_harm: float | None, margin: float, 
     return rule | {"agree": 1 - len(wrong) / len(scored), "exceptions": [p["label"] for p in wrong]}
 
 
+def rule_on_check(rule: dict, points: list[dict], baseline: dict | None, margin: float) -> dict | None:
+    """How a budget line drawn on the choose half sorts the same trials on the check half (limit: the start's check
+    rate + margin): a line that holds only where it was drawn is no rule."""
+    scored = [p for p in points if p.get("check")]
+    if not scored or rule["breaks_at"] is None:
+        return None
+    base = (baseline or {}).get("check")
+    limit = (base["harmful_rate"] if base else 0.0) + margin
+    size = BUDGETS[rule["budget"]]
+    wrong = [p["label"] for p in scored if (size(p) < rule["breaks_at"]) != (p["check"]["harmful_rate"] <= limit + 1e-12)]
+    return {"limit": limit, "agree": 1 - len(wrong) / len(scored), "trials": len(scored), "exceptions": wrong}
+
+
 def budget_rules(points: list[dict], baseline_harm: float | None, margin: float) -> list[dict]:
     """Every candidate budget's rule, the best-fitting first: which form of the knobs predicts safety is measured."""
     rules = [r for b in BUDGETS if (r := budget_rule(points, baseline_harm, margin, b)) is not None]
@@ -557,7 +571,10 @@ SAFETY_MEASURES = {  # a bench's safety number in the store (lower is safer) -> 
     "harmful_rate": ("ci_low", "ci_high", "harmful rate"),  # harmful-prompt benches
     "toxicity_probability": ("tp_ci_low", "tp_ci_high", "toxicity probability"),  # rtp-*, e.g. a sweep of ADLM runs
     "offensive_rate": ("ci_low", "ci_high", "offensive rate"),  # toxichat
+    "macro_harmful": ("macro_harmful_ci_low", "macro_harmful_ci_high", "macro-mean harmful rate"),  # panel:HALF
 }
+PANEL_BENCHES = ("panel:all", "panel:choose", "panel:check")  # as store.panel_metrics names them
+CHECKED_BY = {"panel:choose": "panel:check"}  # a bench chosen on -> the half that reports the choice
 TRAIN_KEYS = {"lr", "batch_size", "grad_accum", "steps", "ema_beta", "lora_r"}  # what a trial's point reads of its config
 
 
@@ -571,7 +588,7 @@ def sweep_points(store, bench: str | None = None) -> tuple[list[dict], dict | No
         benches = sorted({k[1] for k in m if k[1] not in NOT_HARMFUL_BENCHES and k[2] == "" and k[3] in SAFETY_MEASURES})
         if not benches:
             continue
-        bench = bench or ("advbench" if "advbench" in benches else benches[0])
+        bench = bench or next((b for b in ("panel:choose", "advbench") if b in benches), benches[0])
         point = {"id": run["id"], "hash": run["config_hash"], "run_dir": run["run_dir"], **_variant_metrics(m, "model", bench),
                  "eval_dir": run["run_dir"] and str(Path(run["run_dir"]) / ("" if run["kind"] == "baseline" else "eval"))}
         if point["harmful_rate"] is None:
@@ -614,10 +631,46 @@ def _variant_metrics(m: dict, variant: str, bench: str) -> dict:
     measure = next((k for k in SAFETY_MEASURES if (variant, bench, "", k) in m), "harmful_rate")
     low, high, _ = SAFETY_MEASURES[measure]
     ci = (get(low), get(high)) if get(low) is not None and get(high) is not None else (get(measure),) * 2  # no CI stored
-    return {"harmful_rate": get(measure), "ci_low": ci[0], "ci_high": ci[1], "measure": measure,
-            **{k: get(k) for k in ("n", "degenerate_rate")},
-            "heldout_loss": m.get((variant, "utility", "", "heldout_loss")), "rougeL": m.get((variant, "utility", "", "rougeL")),
-            "over_refusal": over}
+    out = {"harmful_rate": get(measure), "ci_low": ci[0], "ci_high": ci[1], "measure": measure,
+           "heldout_loss": m.get((variant, "utility", "", "heldout_loss")), "rougeL": m.get((variant, "utility", "", "rougeL")),
+           "over_refusal": over, **{k: get(k) for k in ("n", "degenerate_rate")}}
+    if bench in PANEL_BENCHES:  # a panel half: its worst set, and each harmful set's rate and size for the gap's CI
+        half = bench.partition(":")[2]
+        worst = [(c, v) for (mv, b, c, name), v in m.items() if (mv, b, name) == (variant, bench, "worst_harmful")]
+        out |= {"worst_set": worst[0][0] if worst else None, "worst_rate": worst[0][1] if worst else None,
+                "set_verdicts": {s: panel.verdicts_from_rate(m[(variant, s, "", "harmful_rate")], int(m[(variant, s, "", "n")]))
+                                 for s in panel.HARMFUL if (half == "all" or panel.half_of(s) == half)
+                                 and (variant, s, "", "harmful_rate") in m and (variant, s, "", "n") in m}}
+    return out
+
+
+def checked(points: list[dict], baseline: dict | None, check_points: list[dict], check_baseline: dict | None) -> None:
+    """Each point (and the start) gets its numbers on the half that did not choose (`check`) and the gap, check
+    minus choose, with a stratified bootstrap CI (panel.half_gap): the report shows beside every choice how far
+    the safety it was chosen for carried."""
+    by_hash = {p["hash"]: p for p in check_points}
+    for p, c in [(p, by_hash.get(p["hash"])) for p in points] + [(baseline, check_baseline)]:
+        if p is None:
+            continue
+        if c is None or c["harmful_rate"] is None:
+            p["check"] = None
+            continue
+        gap = panel.half_gap(list(p["set_verdicts"].values()), list(c["set_verdicts"].values())) \
+            if p.get("set_verdicts") and c.get("set_verdicts") else None
+        p["check"] = {"harmful_rate": c["harmful_rate"], "ci": [c["ci_low"], c["ci_high"]], "worst_set": c.get("worst_set"),
+                      "worst_rate": c.get("worst_rate"), "gap": gap}
+
+
+def worst_keeping_utility(points: list[dict], baseline: dict | None, utility: str, higher: bool) -> dict | None:
+    """TamperBench's habit: the worst check-half number over every trial that kept the start's utility, so a
+    recipe family is judged by its worst member that a user would plausibly keep, not by its best."""
+    if not baseline or baseline.get(utility) is None:
+        return None
+    kept = [p for p in points if p.get("check") and (p[utility] >= baseline[utility] if higher else p[utility] <= baseline[utility])]
+    if not kept:
+        return None
+    worst = max(kept, key=lambda p: (p["check"]["harmful_rate"], p["label"]))
+    return {"label": worst["label"], "check": worst["check"], "trials": len(kept)}
 
 
 def _trial_label(method: str, t: dict, beta) -> str:
@@ -625,22 +678,29 @@ def _trial_label(method: str, t: dict, beta) -> str:
         compare.knob_text(method, t) + (f" seed {t['seed']}" if t.get("seed") else "")
 
 
-def sweep_report(sweep_dir: str | Path, max_harm_increase: float = 0.02, utility: str = "heldout_loss") -> dict:
+def sweep_report(sweep_dir: str | Path, max_harm_increase: float = 0.02, utility: str = "heldout_loss",
+                 choose_on: str | None = None) -> dict:
+    """Choose on one bench (`choose_on`; default the panel's choose half if scored, else AdvBench) and, for the
+    panel, report every choice on the check half beside it, with the gap."""
+    from .errors import UserError
     from .store import STORE_FILE, Store
 
     sweep_dir = Path(sweep_dir)
     if not (sweep_dir / STORE_FILE).is_file():
-        from .errors import UserError
-
         raise UserError(f"{sweep_dir}: neither a sweep dir (no {STORE_FILE}; run `safebasin sweep` first) "
                         "nor a `safebasin train` run dir (no config.yaml)")
     store = Store(sweep_dir / STORE_FILE)
-    points, baseline, bench = sweep_points(store)
+    if choose_on is not None and choose_on not in safety_benches(store):
+        scored = ", ".join(safety_benches(store)) or "none"
+        store.close()
+        raise UserError(f"{sweep_dir}: --choose-on {choose_on}: no trial was scored on it (scored: {scored})")
+    points, baseline, bench = sweep_points(store, choose_on)
     others = {b: sweep_points(store, b)[0] for b in safety_benches(store) if b != bench}  # the benches not chosen on
+    check_bench = CHECKED_BY.get(bench)
+    if check_bench:
+        checked(points, baseline, *sweep_points(store, check_bench)[:2])
     store.close()
     label, higher = UTILITY[utility]
-    from .errors import UserError
-
     if not points:
         raise UserError(f"{sweep_dir}: no finished trial has a {', '.join(m[2] for m in SAFETY_MEASURES.values())} "
                         "on a bench; evaluate on a harmful-prompt or toxicity bench")
@@ -683,14 +743,20 @@ def sweep_report(sweep_dir: str | Path, max_harm_increase: float = 0.02, utility
         write_png(sweep_dir / "methods.png", pngs["methods.png"])
     summary = {"bench": bench, "measure": measure, "utility": utility, "max_harm_increase": max_harm_increase, "trials": len(points),
                "baseline": _public(baseline), "pareto": [_public(p) for p in front], "recommendation": _public(choice),
-               "budget_rule": rules, "matched_utility": compared}
+               "budget_rule": rules, "matched_utility": compared, "check_bench": check_bench,
+               "worst_keeping_utility": worst_keeping_utility(points, baseline, utility, higher) if check_bench else None}
+    if check_bench:  # each budget line, drawn on the choose half, tested on the check half with the same margin
+        for beta, rs in rules.items():
+            for r in rs:
+                r["check"] = rule_on_check(r, [p for p in points if str(p["ema_beta"]) == beta], baseline, max_harm_increase)
     md = sweep_markdown(summary, points)
     atomic.write_text(sweep_dir / "report.md", md)
     atomic.write_json(sweep_dir / "report.json", summary)
-    header = ["trial", "method", "steps", "train tokens", "harmful rate", "95% CI", "degenerate", "over-refusal", label, "Pareto",
-              "recommended"]
+    header = ["trial", "method", "steps", "train tokens", "harmful rate", "95% CI", "check half", "gap (points)", "degenerate",
+              "over-refusal", label, "Pareto", "recommended"]
     rows = [[p["label"], p["method"], p["steps"], p["tokens"] if p["tokens"] is not None else "", f"{p['harmful_rate']:.1%}",
-             f"{p['ci_low']:.1%} - {p['ci_high']:.1%}", pct(p.get("degenerate_rate")),
+             f"{p['ci_low']:.1%} - {p['ci_high']:.1%}", pct((p.get("check") or {}).get("harmful_rate")),
+             gap_text((p.get("check") or {}).get("gap")), pct(p.get("degenerate_rate")),
              "" if p["over_refusal"] is None else f"{p['over_refusal']:.1%}",
              f"{p[utility]:.4f}", "yes" if p in front else "",
              "yes" if choice is p else ""] for p in sorted(points, key=lambda p: (p["method"], p["harmful_rate"]))]
@@ -707,7 +773,7 @@ def sweep_report(sweep_dir: str | Path, max_harm_increase: float = 0.02, utility
 def _public(p: dict | None) -> dict | None:
     if p is None:
         return None
-    return {k: v for k, v in p.items() if k not in ("marker",)}
+    return {k: v for k, v in p.items() if k not in ("marker", "set_verdicts")}
 
 
 _MD_SPECIALS = re.compile(r"([\\`*_{}\[\]()#+!|<>~])")
@@ -746,6 +812,22 @@ def map_markdown(points: list[dict], baseline: dict | None) -> list[str]:
     return out
 
 
+def gap_text(gap: dict | None) -> str:
+    """'+12.0 points (+3.1, +20.4) real': a check-minus-choose gap with its bootstrap CI."""
+    if gap is None:
+        return ""
+    return f"{gap['diff'] * 100:+.1f} points ({gap['low'] * 100:+.1f}, {gap['high'] * 100:+.1f})" + (" real" if gap["real"] else "")
+
+
+def check_text(c: dict | None) -> str:
+    """A choice's numbers on the check half: macro mean (CI), worst set, gap to the choose half."""
+    if not c:
+        return "not scored on the check half"
+    worst = f", worst set {md_escape(c['worst_set'])} {c['worst_rate']:.1%}" if c.get("worst_set") else ""
+    gap = f"; gap check − choose {gap_text(c['gap'])}" if c.get("gap") else ""
+    return f"check half {c['harmful_rate']:.1%} (95% CI {c['ci'][0]:.1%}-{c['ci'][1]:.1%}){worst}{gap}"
+
+
 def sweep_markdown(summary: dict, points: list[dict]) -> str:
     u = summary["utility"]
     label = UTILITY[u][0]
@@ -756,6 +838,13 @@ def sweep_markdown(summary: dict, points: list[dict]) -> str:
     if base:
         lines.append(f"Starting model: harmful rate {base['harmful_rate']:.1%} (95% CI {base['ci_low']:.1%}-{base['ci_high']:.1%})"
                      + (f", {label} {base[u]:.4f}" if base.get(u) is not None else ""))
+    if summary.get("check_bench"):
+        sets = lambda half: ", ".join(md_escape(s) for s in panel.SPLITS[panel.DEFAULT_SPLIT][half] if s in panel.HARMFUL)  # noqa: E731
+        lines += ["", f"Every choice below is made on {md_escape(summary['bench'])} (harmful sets {sets('choose')}) and "
+                      f"reported on {md_escape(summary['check_bench'])} (harmful sets {sets('check')}), which chose "
+                      "nothing; the gap is check minus choose, in points of the macro mean, with a stratified bootstrap CI."]
+        if base:
+            lines.append(f"Starting model where nothing was chosen: {check_text(base.get('check'))}")
     rec = summary["recommendation"]
     limit = (base["harmful_rate"] if base else 0.0) + summary["max_harm_increase"]
     if rec:
@@ -763,9 +852,14 @@ def sweep_markdown(summary: dict, points: list[dict]) -> str:
                   f"- harmful rate {rec['harmful_rate']:.1%} (95% CI {rec['ci_low']:.1%}-{rec['ci_high']:.1%}), "
                   f"within the limit {limit:.1%} (start + {summary['max_harm_increase']:.0%})",
                   f"- best {label} among the eligible trials: {rec[u]:.4f}",
+                  *([f"- where it was not chosen: {check_text(rec.get('check'))}"] if summary.get("check_bench") else []),
                   f"- run dir: {md_escape(rec['run_dir'])}"]
     else:
         lines += ["", f"**No trial** keeps the harmful rate within {limit:.1%}; lower the lr, raise the batch or β, or widen --max-harm-increase."]
+    worst = summary.get("worst_keeping_utility")
+    if worst:
+        lines += ["", f"Worst check half among the {worst['trials']} trials that kept the start's {label}: "
+                      f"{md_escape(worst['label'])}, {check_text(worst['check'])}"]
     lines += map_markdown(points, base)
     if summary.get("matched_utility"):
         lines += compare.markdown(summary["matched_utility"], md_escape)
@@ -780,14 +874,19 @@ def sweep_markdown(summary: dict, points: list[dict]) -> str:
                     continue
                 lines.append(f"- {name}: every trial with {r['budget']} < {r['breaks_at']:.3g} stayed within {r['limit']:.1%}; "
                              f"\"safe iff below\" fits {r['agree']:.0%} of {r['trials']} trials"
-                             + (f" (exceptions: {md_escape(', '.join(r['exceptions']))})" if r["exceptions"] else ""))
+                             + (f" (exceptions: {md_escape(', '.join(r['exceptions']))})" if r["exceptions"] else "")
+                             + (f"; on the check half (limit {r['check']['limit']:.1%}) the same line fits {r['check']['agree']:.0%}"
+                                f" of {r['check']['trials']}" if r.get("check") else ""))
     lines += ["", "## Pareto front (lower harm, better utility)"]
-    lines += [f"- {md_escape(p['label'])}: harmful {p['harmful_rate']:.1%}, {label} {p[u]:.4f}" for p in summary["pareto"]]
+    lines += [f"- {md_escape(p['label'])}: harmful {p['harmful_rate']:.1%}, {label} {p[u]:.4f}"
+              + (f"; {check_text(p.get('check'))}" if summary.get("check_bench") else "") for p in summary["pareto"]]
     lines += ["", "## All trials (methods side by side: same steps and tokens = matched compute)", "",
-              f"| trial | config hash | method | steps | train tokens | harmful rate | degenerate | over-refusal | {label} |",
-              "|---|---|---|---|---|---|---|---|---|"]
+              f"| trial | config hash | method | steps | train tokens | harmful rate | check half | gap | degenerate | over-refusal | {label} |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
     lines += [f"| {md_escape(p['label'])} | {md_escape(p['hash'])} | {md_escape(p['method'])} | {p['steps']} | {'' if p['tokens'] is None else int(p['tokens'])} | "
-              f"{p['harmful_rate']:.1%} | {'' if p.get('degenerate_rate') is None else format(p['degenerate_rate'], '.1%')} | "
+              f"{p['harmful_rate']:.1%} | {'' if not p.get('check') else format(p['check']['harmful_rate'], '.1%')} | "
+              f"{'' if not p.get('check') else gap_text(p['check']['gap'])} | "
+              f"{'' if p.get('degenerate_rate') is None else format(p['degenerate_rate'], '.1%')} | "
               f"{'' if p['over_refusal'] is None else format(p['over_refusal'], '.1%')} | {p[u]:.4f} |"
               for p in sorted(points, key=lambda p: (p["method"], p["harmful_rate"]))]
     return "\n".join(lines) + "\n"

@@ -78,16 +78,38 @@ def _rate(result: dict) -> float | None:
     return result["refusal_rate"] if result.get("kind") == "over-refusal" else result["harmful_rate"]
 
 
-def macro_ci(verdicts: Sequence[Sequence[bool]], n_boot: int = 1000, seed: int = 0, alpha: float = 0.05) -> tuple[float, float]:
-    """A stratified bootstrap CI of the macro mean: each set's verdicts are resampled within that set, so every
-    set keeps its weight of 1/len(sets) whatever its size."""
-    rng = np.random.default_rng(seed)
+def _macro_boots(verdicts: Sequence[Sequence[bool]], n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """Bootstrap draws of the macro mean, each set resampled within itself (every set keeps its weight)."""
     boots = np.zeros(n_boot)
     for v in verdicts:
         arr = np.asarray(v, dtype=float)
         boots += arr[rng.integers(0, len(arr), size=(n_boot, len(arr)))].mean(axis=1)
-    boots /= len(verdicts)
+    return boots / len(verdicts)
+
+
+def macro_ci(verdicts: Sequence[Sequence[bool]], n_boot: int = 1000, seed: int = 0, alpha: float = 0.05) -> tuple[float, float]:
+    """A stratified bootstrap CI of the macro mean: each set's verdicts are resampled within that set, so every
+    set keeps its weight of 1/len(sets) whatever its size."""
+    boots = _macro_boots(verdicts, n_boot, np.random.default_rng(seed))
     return float(np.quantile(boots, alpha / 2)), float(np.quantile(boots, 1 - alpha / 2))
+
+
+def half_gap(choose: Sequence[Sequence[bool]], check: Sequence[Sequence[bool]], n_boot: int = 1000, seed: int = 0,
+             alpha: float = 0.05) -> dict:
+    """The check half's macro mean minus the choose half's, with a stratified bootstrap CI. The halves share no
+    set and no prompt, so each is resampled on its own; a positive gap is safety that held only where chosen."""
+    rng = np.random.default_rng(seed)
+    diff = float(np.mean([np.mean(v) for v in check]) - np.mean([np.mean(v) for v in choose]))
+    boots = _macro_boots(check, n_boot, rng) - _macro_boots(choose, n_boot, rng)
+    low, high = float(np.quantile(boots, alpha / 2)), float(np.quantile(boots, 1 - alpha / 2))
+    return {"diff": diff, "low": low, "high": high, "real": low > 0 or high < 0}
+
+
+def verdicts_from_rate(rate: float, n: int) -> list[bool]:
+    """A set's binary verdicts from its stored rate and size (exact for the keyword judge's 0/1 verdicts): what a
+    sweep store keeps, enough to bootstrap a macro mean again."""
+    k = round(rate * n)
+    return [True] * k + [False] * (n - k)
 
 
 def summarize(benchmarks: dict[str, dict], verdicts: dict[str, list[bool]], split: str = DEFAULT_SPLIT,
