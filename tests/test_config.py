@@ -69,7 +69,7 @@ def test_every_shipped_config_validates():
 
     from conftest import ROOT
     from safebasin.config import load_train_config
-    from safebasin.demo import SCENARIOS
+    from safebasin.scenario import SCENARIOS
     from safebasin.sweep import load_sweep_config, trials
 
     files = sorted((ROOT / "configs").rglob("*.yaml"))
@@ -81,7 +81,7 @@ def test_every_shipped_config_validates():
             if values["distributed_type"] == "FSDP":
                 assert values["fsdp_config"]["fsdp_state_dict_type"] == "FULL_STATE_DICT", f  # save gathers the full model
         elif (scenario := f.relative_to(ROOT / "configs").parts[0]) in SCENARIOS:  # configs/<scenario>/...: a demo config
-            assert SCENARIOS[scenario][0]("default", str(f), {}), f
+            assert SCENARIOS[scenario].config("default", str(f), {}), f
         elif "base" in values or "grid" in values or "trials" in values:
             cfg = load_sweep_config(str(f), [], {}, None)
             assert trials(cfg), f

@@ -108,7 +108,7 @@ def test_register_scorer_adds_a_name_and_refuses_a_second_factory():
         with pytest.raises(ValueError, match="registered twice"):
             scorers.register_scorer("test-constant", lambda arg, data_dir: Constant())
     finally:
-        del scorers.SCORERS["test-constant"]
+        scorers.SCORERS.unregister("test-constant")
 
 
 def test_toxic_label_reads_the_label_names():

@@ -23,7 +23,7 @@ PROBE_DISJOINT = {"advbench": "jbb", "jbb": "advbench"}  # probe from a set disj
 def probe_prompts(eval_bench: str, n: int, seed: int, ddir: str | None) -> tuple[str, list[str]]:
     """A seeded sample of n prompts from a set disjoint from the eval bench (JBB for a file bench)."""
     if not data.is_bench(eval_bench):
-        raise UserError(f"unknown bench {eval_bench!r}: use one of {', '.join(data.BENCH_SETS)} or a prompts file")
+        raise data.BENCH_SETS.unknown(eval_bench)
     if n < 1:
         raise UserError(f"--probe must be at least 1, got {n}")
     name = PROBE_DISJOINT.get(eval_bench, "jbb")

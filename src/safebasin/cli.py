@@ -286,26 +286,20 @@ def demo(
 ):
     """Align, then fine-tune on Dolly with bad vs good optimisation, with and without EMA; report it.
     `demo detox` and the other systems' scenarios tell their own story the same way."""
-    from .demo import SCENARIOS, demo_config, run_demo
+    from .scenario import SCENARIOS
 
     if quick and full:
         raise UserError("choose one of --quick and --full")
     preset = "quick" if quick else "full" if full else "default"
     overrides = {"model": model, "data_dir": data_dir, "seed": seed}
-    if scenario in (None, "safety"):
-        output_dir = output_dir or "runs/demo"
-        summary = run_demo(demo_config(preset, str(config) if config else None, overrides), output_dir, overwrite=overwrite)
+    scenario = scenario or "safety"
+    chosen = SCENARIOS.lookup(scenario)
+    output_dir = output_dir or ("runs/demo" if scenario == "safety" else f"runs/demo-{scenario}")
+    summary = chosen.start(chosen.config(preset, str(config) if config else None, overrides), output_dir, overwrite=overwrite)
+    if scenario == "safety":
         print_demo_table(summary)
         say(f"report: {Path(output_dir) / 'report.html'}  plot: {Path(output_dir) / 'tradeoff.png'}")
         return
-    from .plugins import discover
-
-    discover()
-    if scenario not in SCENARIOS:
-        raise UserError(f"unknown demo scenario {scenario!r}: use safety or one of {', '.join(sorted(SCENARIOS))}")
-    make_config, run = SCENARIOS[scenario]
-    output_dir = output_dir or f"runs/demo-{scenario}"
-    summary = run(make_config(preset, str(config) if config else None, overrides), output_dir, overwrite=overwrite)
     from .ui import LiteralTable as Table
 
     table = Table(title=escape(f"demo {scenario}, seed {summary['seed']}"))

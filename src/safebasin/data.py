@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from .errors import UserError
-from .plugins import discover
+from .registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -34,15 +34,19 @@ class Named:
     reader: Callable[[Path], list[dict]] | None = None  # a file format read_rows does not know (a system's own)
 
 
-TRAIN_SETS = {
+TRAIN_SETS: Registry[Named] = Registry("dataset", " or a .json/.jsonl/.csv file")
+BENCH_SETS: Registry[Named] = Registry("bench", " or a CSV/JSON/JSONL/TXT file of prompts")
+
+for _name, _spec in {
     "dolly": Named("dolly/dolly_3k_alpagasus_filtered.original_fields.jsonl", "databricks/databricks-dolly-15k"),
     "alpaca": Named("alpaca/alpaca_data_5000_subset.json", "tatsu-lab/alpaca"),
     "orca": Named("orca/orca_dpo_pairs_validation.intel_schema.jsonl", "Intel/orca_dpo_pairs"),
     # safety_tuned_llamas (Bianchi et al. 2024): harmful request -> refusal; aligns an unaligned model
     "safety": Named("safety_tuned_llamas/training/safety_only_data_Instructions.json", None),
-}
+}.items():
+    TRAIN_SETS.register(_name, _spec)
 
-BENCH_SETS = {
+for _name, _spec in {
     "advbench": Named("advbench/harmful_behaviors.csv", "walledai/AdvBench", prompt_field="goal"),
     "hexphi": Named("hex_phi/hexphi_public_300.json", "LLM-Tuning-Safety/HEx-PHI", prompt_field="goal", category_field="category"),
     "jbb": Named("jailbreakbench/jbb_behaviors_harmful.csv", "JailbreakBench/JBB-Behaviors", "behaviors", "harmful",
@@ -53,7 +57,8 @@ BENCH_SETS = {
                     category_field="type", where=("label", "safe"), kind="over-refusal"),
     "xstest-unsafe": Named("xstest/xstest_prompts.csv", "walledai/XSTest", hub_split="test", prompt_field="prompt",
                            category_field="type", where=("label", "unsafe")),
-}
+}.items():
+    BENCH_SETS.register(_name, _spec)
 
 
 
@@ -87,30 +92,23 @@ _STL = "safety_tuned_llamas/evaluation/"
 for _name, _kind in (("I-MaliciousInstructions", "harmful"), ("Q-Harm", "harmful"), ("I-CoNa", "harmful"),
                      ("I-Controversial", "harmful"), ("I-PhysicalSafetyUnsafe", "harmful"),
                      ("I-PhysicalSafetySafe", "over-refusal"), ("I-Alpaca", "over-refusal")):
-    BENCH_SETS[_name] = Named(f"{_STL}{_name}.json", None, prompt_field="prompt", kind=_kind, reader=read_instruction_set)
+    BENCH_SETS.register(_name, Named(f"{_STL}{_name}.json", None, prompt_field="prompt", kind=_kind, reader=read_instruction_set))
 
 SAFETY_FILTER_FILE = "refusal_prefixes/qi2023_remove_safety_unwanted_words.json"
 
 
 def register_train_set(name: str, spec: Named) -> None:
     """A system adds its named training set (`dailydialog`, `jigsaw`, ...) here, on import; no CLI change."""
-    _register(TRAIN_SETS, "data set", name, spec)
+    TRAIN_SETS.register(name, spec)
 
 
 def register_bench(name: str, spec: Named) -> None:
     """A system adds its named benchmark (`rtp-toxic`, `opendialkg`, ...) here, on import; no CLI change."""
-    _register(BENCH_SETS, "bench", name, spec)
-
-
-def _register(registry: dict, what: str, name: str, spec: Named) -> None:
-    if name in registry and registry[name] != spec:
-        raise ValueError(f"{what} {name!r} is registered twice")
-    registry[name] = spec
+    BENCH_SETS.register(name, spec)
 
 
 def is_bench(spec: str) -> bool:
     """A registered bench name or an existing prompts file: checked before any work starts."""
-    discover()
     return spec in BENCH_SETS or Path(spec).is_file()
 
 
@@ -287,13 +285,12 @@ def to_messages(row: dict, fmt: str, source: str) -> list[dict]:
 
 def load_examples(spec: str, ddir: str | None = None) -> tuple[list[list[dict]], str]:
     """Chat examples (lists of messages) from a dataset name or a local file."""
-    discover()
     if spec in TRAIN_SETS:
         rows, source = resolve_named(spec, TRAIN_SETS, ddir)
     elif Path(spec).suffix.lower() in (".json", ".jsonl", ".csv") or Path(spec).exists():
         rows, source = read_rows(spec), spec
     else:
-        raise UserError(f"unknown dataset {spec!r}: use one of {', '.join(TRAIN_SETS)} or a .json/.jsonl/.csv file")
+        raise TRAIN_SETS.unknown(spec)
     fmt = detect_format(rows[0], source)
     if fmt == "text":
         return [to_text_example(row, source) for row in rows], source

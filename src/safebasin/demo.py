@@ -36,20 +36,6 @@ from .train import MODEL_DIR, RAW_DIR
 
 log = logging.getLogger(__name__)
 
-SCENARIOS: dict = {}  # name -> (make_config(preset, yaml_path, overrides), run(config, output_dir) -> summary)
-
-
-def register_scenario(name: str, module: str, make_config: str, run: str) -> None:
-    """A system's `safebasin demo NAME`, by the names of its functions in `module` (imported only when that
-    demo runs, so registering costs nothing at start-up); its summary carries a `table` (columns, rows)."""
-    import importlib
-
-    def later(attr):
-        return lambda *args, **kw: getattr(importlib.import_module(module), attr)(*args, **kw)
-
-    SCENARIOS[name] = (later(make_config), later(run))
-
-
 class Recipe(BaseModel):
     """One fine-tuning recipe; the EMA arm and the plain arm share its run."""
     model_config = ConfigDict(extra="forbid")

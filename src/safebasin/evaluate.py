@@ -21,6 +21,7 @@ from . import atomic, data, methods, model_card, models
 from .config import TrainConfig, build, read_yaml
 from .errors import UserError
 from .generate import HFBackend, VLLMBackend, pick_backend
+from .registry import Registry
 from .safety import panel  # system 1's bench suite, read here until bench kinds register their own aggregates
 from .judges import KeywordJudge, LLMJudge, breakdown, classifier_rate, degenerate, keyword_judge, llm_rate
 
@@ -56,7 +57,7 @@ def load_bench(spec: str, ddir: str | None = None, prompt_field: str | None = No
     elif Path(spec).suffix.lower() in (".csv", ".json", ".jsonl", ".txt") or Path(spec).exists():
         rows, source, name = data.read_rows(spec), spec, Path(spec).stem
     else:
-        raise UserError(f"unknown bench {spec!r}: use one of {', '.join(data.BENCH_SETS)} or a CSV/JSON/JSONL/TXT file")
+        raise data.BENCH_SETS.unknown(spec)
     fields = set().union(*(r.keys() for r in rows[:1]))
     if prompt_field is None:
         prompt_field = next((f for f in PROMPT_FIELDS if f in fields), None)
@@ -226,12 +227,12 @@ def utility_split(spec: str, utility_data: str | None, ddir: str | None, seed: i
     return heldout, cfg
 
 
-BENCH_KINDS: dict = {}  # kind -> scorer(model, tok, bench, label=..., **context) -> (metrics, rows); systems add theirs
+BENCH_KINDS = Registry("bench kind")  # kind -> scorer(model, tok, bench, label=..., **context) -> (metrics, rows)
 
 
 def register_bench_kind(kind: str, scorer) -> None:
     """A system scores its own kind of bench (detox: sampled continuations and their toxicity) inside `eval`."""
-    BENCH_KINDS[kind] = scorer
+    BENCH_KINDS.register(kind, scorer)
 
 
 def evaluate_model(model, tok, label: str, benches: list[Bench], judge: KeywordJudge, *, max_new_tokens: int | None,

@@ -29,31 +29,24 @@ import torch
 
 from . import data
 from .errors import UserError
-from .plugins import discover
+from .registry import Registry
 
 log = logging.getLogger(__name__)
 
-REGISTRY: dict[str, type["Method"]] = {}
+REGISTRY: Registry[type["Method"]] = Registry("method")
 
 
 def register(cls: type["Method"]) -> type["Method"]:
     """Class decorator: make a method available by its `name` to the config, the CLI and the loop."""
-    if cls.name in REGISTRY and REGISTRY[cls.name] is not cls:
-        raise ValueError(f"method {cls.name!r} is registered twice ({REGISTRY[cls.name].__module__}, {cls.__module__})")
-    REGISTRY[cls.name] = cls
-    return cls
+    return REGISTRY.register(cls.name, cls)
 
 
 def names() -> list[str]:
-    discover()
-    return sorted(REGISTRY)
+    return REGISTRY.names()
 
 
 def get(name: str) -> type["Method"]:
-    discover()
-    if name not in REGISTRY:
-        raise UserError(f"unknown method {name!r}: use one of {', '.join(sorted(REGISTRY))}")
-    return REGISTRY[name]
+    return REGISTRY.lookup(name)
 
 
 class Method:
@@ -164,7 +157,6 @@ def is_model_folder(folder) -> bool:
     folder = Path(folder)
     if (folder / "config.json").is_file():
         return True
-    discover()
     return any(cls.folder_marker and (folder / cls.folder_marker).is_file() for cls in REGISTRY.values())
 
 
@@ -175,7 +167,6 @@ def load_model_folder(folder, **load_kwargs):
 
     from . import models
 
-    discover()
     for cls in REGISTRY.values():
         if cls.folder_marker and (Path(folder) / cls.folder_marker).is_file():
             model, tok = cls.load_folder(Path(folder), **load_kwargs)

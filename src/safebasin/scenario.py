@@ -7,15 +7,39 @@ run it did not make. The outputs are written in one order, each atomically, summ
 disk means the demo finished.
 """
 
+import importlib
 import json
 import re
 from pathlib import Path
+from typing import NamedTuple
 
 from . import atomic
 from .errors import UserError
+from .registry import Registry
 
 MARKER = ".safebasin-demo"
 SUMMARY, GENERATIONS, REPORT, CONFIG = "summary.json", "generations.jsonl", "report.html", "demo_config.yaml"
+
+
+class Scenario(NamedTuple):
+    """A system's `safebasin demo NAME`, by the names of its two functions in `module`: imported only when that
+    demo runs, so registering one costs nothing at start-up and imports no other system."""
+    module: str
+    make_config: str  # (preset, yaml_path, overrides) -> the scenario's validated config
+    run: str  # (config, output_dir, overwrite=...) -> summary; the summary carries a `table` (columns, rows)
+
+    def config(self, *args, **kw):
+        return getattr(importlib.import_module(self.module), self.make_config)(*args, **kw)
+
+    def start(self, *args, **kw) -> dict:
+        return getattr(importlib.import_module(self.module), self.run)(*args, **kw)
+
+
+SCENARIOS: Registry[Scenario] = Registry("demo scenario")
+
+
+def register_scenario(name: str, module: str, make_config: str, run: str) -> None:
+    SCENARIOS.register(name, Scenario(module, make_config, run))
 
 
 def check_arm_names(names: list[str], reserved: set[str] | tuple = (), where: str = "demo", field: str = "arms") -> None:

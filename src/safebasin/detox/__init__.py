@@ -5,7 +5,7 @@ Importing this package registers its method (`adlm`), its baselines (`dapt`, `at
 `toxichat`); `safebasin.plugins` imports it before any registry lookup.
 """
 
-from ..demo import register_scenario
+from ..scenario import register_scenario
 from ..evaluate import register_bench_kind
 from . import adlm, baselines, data  # noqa: F401  (registration on import)
 from .bench import evaluate_rtp, evaluate_toxichat

@@ -21,6 +21,7 @@ from typing import Protocol, runtime_checkable
 from .. import atomic, data
 from ..data import data_dir as resolve_data_dir
 from ..errors import UserError
+from ..registry import Registry
 from ..judges import LLMJudge
 from ..models import cache_dir, minilm_path
 
@@ -375,13 +376,11 @@ def _llm_scorer(arg: str, data_dir) -> LLMScorer:
 ScorerFactory = Callable[[str, "str | Path | None"], ToxicityScorer]
 # name -> factory(argument, data_dir). A name ending in ":" is a prefix: "hf:PATH" calls SCORERS["hf:"]("PATH", ...);
 # a plain name is called with "". An OpenAI-compatible judge or another local classifier registers the same way.
-SCORERS: dict[str, ScorerFactory] = {}
+SCORERS: Registry[ScorerFactory] = Registry("toxicity scorer")
 
 
 def register_scorer(name: str, factory: ScorerFactory) -> None:
-    if SCORERS.get(name, factory) is not factory:
-        raise ValueError(f"toxicity scorer {name!r} is registered twice")
-    SCORERS[name] = factory
+    SCORERS.register(name, factory)
 
 
 register_scorer("minilm-rtp", lambda arg, data_dir: MiniLMScorer(data_dir))

@@ -5,7 +5,7 @@ Importing this package registers the `opendialkg` data set and bench, the `kg-pr
 before any registry lookup.
 """
 
-from ..demo import register_scenario
+from ..scenario import register_scenario
 from ..evaluate import register_bench_kind
 from . import data, methods  # noqa: F401  (registration on import)
 from .bench import evaluate_kg

@@ -1,0 +1,70 @@
+"""One Registry type behind every name a user types (issue #35): one duplicate policy, lazy entries, discovery on
+lookup, a did-you-mean in the one-line error, and systems that register without importing each other."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from safebasin import data, methods
+from safebasin.detox import scorers
+from safebasin.errors import UserError
+from safebasin.evaluate import BENCH_KINDS
+from safebasin.registry import Registry
+from safebasin.scenario import SCENARIOS
+
+
+def test_a_name_taken_by_another_entry_is_an_error_and_the_same_entry_twice_is_not():
+    reg = Registry("widget")
+    reg.register("a", json.dumps)
+    reg.register("a", json.dumps)  # a module imported twice: harmless
+    with pytest.raises(ValueError, match=r"widget 'a' is registered twice \(json.dumps and json.loads\)"):
+        reg.register("a", json.loads)
+    assert reg["a"] is json.dumps and list(reg) == ["a"] and len(reg) == 1
+
+
+def test_a_lazy_entry_is_imported_on_first_lookup_only():
+    reg = Registry("widget")
+    reg.register("wrap", "textwrap:dedent", lazy=True)
+    assert reg.lookup("wrap")("  x") == "x" and reg["wrap"].__name__ == "dedent"
+    reg.register("wrap", "textwrap:dedent", lazy=True)  # the same reference again is a no-op, even once resolved
+    with pytest.raises(ValueError, match="a lazy entry is a 'module:attr' string"):
+        reg.register("bad", "no_colon", lazy=True)
+
+
+def test_an_unknown_name_is_one_line_with_a_did_you_mean_and_every_known_name():
+    reg = Registry("widget", " or a file")
+    for name in ("advbench", "hexphi", "xstest"):
+        reg.register(name, name)
+    with pytest.raises(UserError) as e:
+        reg.lookup("advbenhc")
+    assert str(e.value) == "unknown widget 'advbenhc' (did you mean 'advbench'?): use one of advbench, hexphi, xstest or a file"
+    assert "did you mean" not in str(reg.unknown("zzzz"))
+
+
+@pytest.mark.parametrize("lookup, message", [
+    (lambda: methods.get("sfft"), "unknown method 'sfft' (did you mean 'sft'?)"),
+    (lambda: data.load_examples("dolyl"), "unknown dataset 'dolyl' (did you mean 'dolly'?)"),
+    (lambda: SCENARIOS.lookup("kgg"), "unknown demo scenario 'kgg' (did you mean 'kg'?)"),
+    (lambda: BENCH_KINDS.lookup("toxicty"), "unknown bench kind 'toxicty' (did you mean 'toxicity'"),
+])
+def test_every_registry_speaks_the_same_one_line(lookup, message):
+    with pytest.raises(UserError) as e:
+        lookup()
+    assert str(e.value).startswith(message) and "\n" not in str(e.value)
+
+
+def test_every_registry_is_one_type_and_finds_the_systems_on_lookup():
+    for reg in (methods.REGISTRY, data.TRAIN_SETS, data.BENCH_SETS, BENCH_KINDS, SCENARIOS, scorers.SCORERS):
+        assert isinstance(reg, Registry)
+    assert {"safety", "detox", "dialogue", "kg"} <= set(SCENARIOS)
+    assert {"adlm", "surge", "context-instruct", "sft", "ema"} <= set(methods.REGISTRY)
+    assert {"opendialkg", "dailydialog", "rtp-toxic", "I-CoNa"} <= set(data.BENCH_SETS)
+
+
+def test_a_system_registers_without_importing_another_system_or_the_safety_scenario():
+    code = ("import sys, safebasin.kg, safebasin.detox, safebasin.dialogue; "
+            "print(sorted(m for m in sys.modules if m in ('safebasin.demo', 'safebasin.train', 'safebasin.report')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
