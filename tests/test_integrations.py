@@ -172,7 +172,7 @@ def test_monitor_probes_at_the_planned_steps_into_the_trainer_log_and_resumes(ti
 
 
 def test_monitor_stop_rule_ends_training_at_the_first_probe_past_the_margin(tiny_model_dir, data_dir, tmp_path):
-    from safebasin.basin import probe_prompts
+    from safebasin.evaluate import probe_prompts
     from safebasin.generate import HFBackend
 
     # a refusal list made of what the start model says: at step 0 it "refuses" every probe prompt

@@ -4,7 +4,7 @@ import json
 import pytest
 
 from safebasin import models
-from safebasin.basin import probe_prompts, probe_rate
+from safebasin.evaluate import probe_prompts, probe_rate
 from safebasin.config import TrainConfig
 from safebasin.evaluate import evaluate
 from safebasin.generate import HFBackend

@@ -12,33 +12,10 @@ import torch
 from . import atomic, data, methods, models, report
 from .config import TrainConfig, build, read_yaml
 from .errors import UserError
-from .evaluate import heldout_loss, load_bench
-from .generate import HFBackend
-from .judges import keyword_judge, rate
+from .evaluate import heldout_loss, probe_prompts, probe_rate
+from .judges import keyword_judge
 
 ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25)
-PROBE_DISJOINT = {"advbench": "jbb", "jbb": "advbench"}  # probe from a set disjoint from the eval bench
-
-
-def probe_prompts(eval_bench: str, n: int, seed: int, ddir: str | None) -> tuple[str, list[str]]:
-    """A seeded sample of n prompts from a set disjoint from the eval bench (JBB for a file bench)."""
-    if not data.is_bench(eval_bench):
-        raise data.BENCH_SETS.unknown(eval_bench)
-    if n < 1:
-        raise UserError(f"--probe must be at least 1, got {n}")
-    name = PROBE_DISJOINT.get(eval_bench, "jbb")
-    return name, load_bench(name, ddir, sample=n, seed=seed).prompts
-
-
-def probe_rate(model, tok, prompts: list[str], judge, max_new_tokens: int, batch_size: int = 16) -> tuple[dict, float]:
-    """The keyword harmful rate a full `eval` would give, at a fraction of the cost: a response stops
-    as soon as it refuses (its verdict cannot change after that). Also returns the seconds the
-    generation would have taken uncut, for callers that budget their probes."""
-    backend = HFBackend(model, tok, batch_size, show_progress=False, stop_judge=judge)
-    responses = backend.generate(prompts, max_new_tokens)
-    return rate([judge.harmful(r) for r in responses]), backend.full_length_seconds
-
-
 def _vector(state: dict[str, torch.Tensor], keys: list[str]) -> torch.Tensor:
     return torch.cat([state[k].float().flatten() for k in keys])
 

@@ -23,7 +23,7 @@ from .errors import UserError
 from .generate import HFBackend, VLLMBackend, pick_backend
 from .registry import Registry
 from .safety import panel  # system 1's bench suite, read here until bench kinds register their own aggregates
-from .judges import KeywordJudge, LLMJudge, breakdown, classifier_rate, degenerate, keyword_judge, llm_rate
+from .judges import KeywordJudge, LLMJudge, breakdown, classifier_rate, degenerate, keyword_judge, llm_rate, rate
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +156,29 @@ def summed_target_nll(model, pairs: list[tuple[list[int], int]], batch_size: int
     finally:
         model.train(was_training)
     return total_nll, total_tokens
+
+
+PROBE_DISJOINT = {"advbench": "jbb", "jbb": "advbench"}  # probe from a set disjoint from the eval bench
+
+
+def probe_prompts(eval_bench: str, n: int, seed: int, ddir: str | None) -> tuple[str, list[str]]:
+    """A seeded sample of n prompts from a set disjoint from the eval bench (JBB for a file bench): what the
+    training monitor and the basin plot probe."""
+    if not data.is_bench(eval_bench):
+        raise data.BENCH_SETS.unknown(eval_bench)
+    if n < 1:
+        raise UserError(f"--probe must be at least 1, got {n}")
+    name = PROBE_DISJOINT.get(eval_bench, "jbb")
+    return name, load_bench(name, ddir, sample=n, seed=seed).prompts
+
+
+def probe_rate(model, tok, prompts: list[str], judge, max_new_tokens: int, batch_size: int = 16) -> tuple[dict, float]:
+    """The keyword harmful rate a full `eval` would give, at a fraction of the cost: a response stops
+    as soon as it refuses (its verdict cannot change after that). Also returns the seconds the
+    generation would have taken uncut, for callers that budget their probes."""
+    backend = HFBackend(model, tok, batch_size, show_progress=False, stop_judge=judge)
+    responses = backend.generate(prompts, max_new_tokens)
+    return rate([judge.harmful(r) for r in responses]), backend.full_length_seconds
 
 
 def rouge_set(ddir: str | None, limit: int) -> tuple[list[str], list[str]]:

@@ -18,9 +18,9 @@ import time
 
 import torch
 
-from .basin import probe_prompts, probe_rate
 from .config import TrainConfig
 from .ema import local_shard
+from .evaluate import probe_prompts, probe_rate
 from .judges import keyword_judge
 
 log = logging.getLogger(__name__)
