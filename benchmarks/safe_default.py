@@ -20,7 +20,7 @@ from pathlib import Path
 import yaml
 
 from safebasin import atomic, report
-from safebasin.compare import prompt_flags
+from safebasin.safety.compare import prompt_flags
 from safebasin.stats import paired_bootstrap_seeds
 
 RESULTS = Path(__file__).parent / "results" / "safe_default.json"

@@ -5,7 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from safebasin import report, stats
+from safebasin import stats
+from safebasin.safety import sweep_analysis
 from safebasin.store import Store
 
 PROMPTS = 20
@@ -59,7 +60,7 @@ def method_sweep(tmp_path):
 
 
 def test_matched_utility_picks_and_paired_differences(method_sweep):
-    summary = report.sweep_report(method_sweep, max_harm_increase=0.02)
+    summary = sweep_analysis.sweep_report(method_sweep, max_harm_increase=0.02)
     mu = summary["matched_utility"]
     assert mu["bench"] == "advbench" and mu["other_benches"] == ["jbb"]
     assert mu["reference"]["gain"] == pytest.approx(1.0) and mu["reference"]["seeds"] == [0, 1, 2]  # the 6 raw/ points = 3 runs
@@ -85,7 +86,7 @@ def test_matched_utility_picks_and_paired_differences(method_sweep):
 
 def test_labels_name_each_methods_knob(method_sweep):
     store = Store(method_sweep / "runs.db")
-    points, _, _ = report.sweep_points(store)
+    points, _, _ = sweep_analysis.sweep_points(store)
     store.close()
     labels = {p["label"] for p in points}
     assert "l2-anchor lr 0.0002 b4 s24 βNone λ 1" in labels and "l2-anchor lr 0.0002 b4 s24 βNone λ 10" in labels
@@ -118,7 +119,7 @@ def test_levels_are_shares_of_the_base_recipes_sft_even_when_careful_sft_learns_
     store = Store(method_sweep / "runs.db")
     _add(store, method_sweep, "careful", {"lr": 1e-5, "batch_size": 8}, 0, {"model": (1.9, {"advbench": 0.0, "jbb": 0.05})})
     store.close()
-    mu = report.sweep_report(method_sweep, max_harm_increase=0.02)["matched_utility"]
+    mu = sweep_analysis.sweep_report(method_sweep, max_harm_increase=0.02)["matched_utility"]
     assert mu["reference"]["setting"] == "lr 0.0002 b4 s24" and mu["reference"]["gain"] == pytest.approx(1.0)
     at90 = {r["method"]: r for r in mu["levels"][2]["rows"]}
     careful = at90["sft @ lr 1e-05 b8 s24"]  # its own row, not a setting of "sft" or of a method

@@ -219,11 +219,11 @@ def test_a_sweep_report_chooses_on_the_choose_half_and_shows_the_check_half_and_
     of the start on the choose half, the fast trial learns most and is chosen; the check half shows it 40 points
     worse than where it was chosen, with a bootstrap CI that excludes 0, and the budget line drawn on the choose
     half misfiles it on the check half."""
-    from safebasin import report
+    from safebasin.safety import sweep_analysis
 
     _panel_store(tmp_path, {"start": (None, 0.0, 0.1, 2.0), "careful": (1e-5, 0.1, 0.1, 1.95),
                             "fast": (1e-4, 0.1, 0.5, 1.8), "reckless": (1e-3, 0.6, 0.8, 1.7)})
-    s = report.sweep_report(tmp_path, max_harm_increase=0.15)
+    s = sweep_analysis.sweep_report(tmp_path, max_harm_increase=0.15)
     assert s["bench"] == "panel:choose" and s["check_bench"] == "panel:check" and s["measure"] == "macro-mean harmful rate"
     rec = s["recommendation"]
     assert rec["lr"] == 1e-4 and rec["harmful_rate"] == pytest.approx(0.1)
@@ -247,10 +247,10 @@ def test_a_sweep_report_chooses_on_the_choose_half_and_shows_the_check_half_and_
 
 
 def test_a_sweep_report_chooses_on_a_named_bench_and_refuses_one_it_never_scored(tmp_path):
-    from safebasin import report
+    from safebasin.safety import sweep_analysis
 
     _panel_store(tmp_path, {"start": (None, 0.0, 0.1, 2.0), "a": (1e-5, 0.1, 0.1, 1.9), "b": (1e-4, 0.3, 0.2, 1.8)})
-    s = report.sweep_report(tmp_path, max_harm_increase=0.5, choose_on="Q-Harm")
+    s = sweep_analysis.sweep_report(tmp_path, max_harm_increase=0.5, choose_on="Q-Harm")
     assert s["bench"] == "Q-Harm" and s["check_bench"] is None and s["recommendation"]["lr"] == 1e-4
     with pytest.raises(UserError, match=r"--choose-on advbnch: no trial was scored on it \(scored: .*advbench"):
-        report.sweep_report(tmp_path, choose_on="advbnch")
+        sweep_analysis.sweep_report(tmp_path, choose_on="advbnch")

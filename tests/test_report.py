@@ -269,6 +269,23 @@ def test_plot_pairs_runs_with_their_ema_average():
         assert im.format == "PNG"
 
 
+def test_a_system_plots_its_own_numbers_under_their_own_names():
+    """The y-axis is a key, not "harmful_rate": a KG row's knowledge F1 is plotted as knowledge F1 (issue #35)."""
+    from PIL import Image
+    import io
+
+    from safebasin.plots import tradeoff_png
+
+    points = [{"label": n, "knowledge_f1": f, "knowledge_f1_ci": [f - 0.01, f + 0.02], "unigram_f1": u}
+              for n, f, u in (("no knowledge", 0.05, 0.2), ("SURGE", 0.3, 0.25))]
+    png = tradeoff_png(points, "unigram_f1", "unigram F1", "t", y_key="knowledge_f1", y_lim=None)
+    with Image.open(io.BytesIO(png)) as im:
+        assert im.format == "PNG"
+    with pytest.raises(KeyError, match="harmful_rate"):  # the default key is the safety number, not a guess
+        tradeoff_png([{k: v for k, v in points[0].items() if k != "knowledge_f1_ci"} | {"ci_low": 0, "ci_high": 1}],
+                     "unigram_f1", "x", "t")
+
+
 @pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed: the page script's syntax is not checked")
 def test_page_script_is_valid_javascript(tmp_path):
     (tmp_path / "s.js").write_text(report.SORT_FILTER_JS)

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from conftest import ROOT
-from safebasin import report
+from safebasin.safety import sweep_analysis
 from safebasin.errors import UserError
 from safebasin.store import Store
 from safebasin.sweep import load_sweep_config, parse_grid_flag, run_sweep, trials
@@ -71,14 +71,14 @@ def test_sweep_records_every_trial_and_the_baseline(finished_sweep):
 
 def test_report_on_a_tiny_sweep(finished_sweep):
     cfg, _ = finished_sweep
-    summary = report.sweep_report(cfg.output_dir, max_harm_increase=1.0)
+    summary = sweep_analysis.sweep_report(cfg.output_dir, max_harm_increase=1.0)
     out = cfg.output_dir
     for name in ("pareto.png", "report.html", "report.md", "report.json", "heatmap_beta_None.png", "heatmap_beta_0.9.png",
                  "heatmap_gain_beta_None.png", "heatmap_gain_beta_0.9.png"):
         assert os.path.isfile(f"{out}/{name}"), name
     assert summary["trials"] == 4 + 2 and summary["baseline"] is not None  # + each EMA run's raw/ weights: the no-EMA point
     store = Store(os.path.join(out, "runs.db"))
-    points, _, _ = report.sweep_points(store)
+    points, _, _ = sweep_analysis.sweep_points(store)
     store.close()
     raw = [p for p in points if p["variant"] == "raw"]
     plain = {p["lr"]: p for p in points if p["variant"] == "model" and p["ema_beta"] is None}
@@ -91,7 +91,7 @@ def test_report_on_a_tiny_sweep(finished_sweep):
     # with a margin of 1.0 every trial is eligible: the pick is the best held-out loss
     best = min(summary["pareto"], key=lambda p: p["heldout_loss"])
     assert rec["heldout_loss"] == best["heldout_loss"]
-    strict = report.sweep_report(cfg.output_dir, max_harm_increase=-1.0)
+    strict = sweep_analysis.sweep_report(cfg.output_dir, max_harm_increase=-1.0)
     assert strict["recommendation"] is None and "No trial" in strict["markdown"]
 
 
@@ -123,14 +123,14 @@ def test_pareto_and_recommendation_on_hand_made_points():
     pts = [{"label": "a", "harmful_rate": 0.0, "heldout_loss": 2.0}, {"label": "b", "harmful_rate": 0.1, "heldout_loss": 1.5},
            {"label": "c", "harmful_rate": 0.1, "heldout_loss": 1.8}, {"label": "d", "harmful_rate": 0.5, "heldout_loss": 1.0},
            {"label": "e", "harmful_rate": 0.6, "heldout_loss": 1.0}, {"label": "f", "harmful_rate": 0.0, "heldout_loss": 2.0}]
-    front = report.pareto(pts, "heldout_loss", higher_is_better=False)
+    front = sweep_analysis.pareto(pts, "heldout_loss", higher_is_better=False)
     assert [p["label"] for p in front] == ["a", "f", "b", "d"]
-    assert report.recommend(pts, 0.0, 0.02, "heldout_loss", False)["label"] == "a"
-    assert report.recommend(pts, 0.05, 0.05, "heldout_loss", False)["label"] == "b"
-    assert report.recommend(pts, 0.0, 1.0, "heldout_loss", False)["label"] == "d"
+    assert sweep_analysis.recommend(pts, 0.0, 0.02, "heldout_loss", False)["label"] == "a"
+    assert sweep_analysis.recommend(pts, 0.05, 0.05, "heldout_loss", False)["label"] == "b"
+    assert sweep_analysis.recommend(pts, 0.0, 1.0, "heldout_loss", False)["label"] == "d"
     rouge = [{"label": "x", "harmful_rate": 0.2, "rougeL": 0.3}, {"label": "y", "harmful_rate": 0.1, "rougeL": 0.2},
              {"label": "z", "harmful_rate": 0.3, "rougeL": 0.25}]
-    assert [p["label"] for p in report.pareto(rouge, "rougeL", True)] == ["y", "x"]
+    assert [p["label"] for p in sweep_analysis.pareto(rouge, "rougeL", True)] == ["y", "x"]
 
 
 def test_budget_rule_on_hand_made_points():
@@ -138,18 +138,18 @@ def test_budget_rule_on_hand_made_points():
     def pt(lr, steps, batch, harm):
         return {"lr": lr, "steps": steps, "effective_batch": batch, "harmful_rate": harm, "label": f"{lr} {steps} {batch}"}
     pts = [pt(1e-5, 6, 8, 0.0), pt(1e-4, 6, 8, 0.0), pt(1e-4, 24, 4, 0.5), pt(3e-4, 6, 2, 0.9), pt(1e-4, 12, 8, 0.0)]
-    rule = report.budget_rule(pts, 0.0, 0.02, "lr x steps / batch")  # budgets 7.5e-6, 7.5e-5, 6e-4, 9e-4, 1.5e-4
+    rule = sweep_analysis.budget_rule(pts, 0.0, 0.02, "lr x steps / batch")  # budgets 7.5e-6, 7.5e-5, 6e-4, 9e-4, 1.5e-4
     assert rule["breaks_at"] == pytest.approx(6e-4) and rule["largest_safe_budget"] == pytest.approx(1.5e-4)
     assert rule["agree"] == 1.0 and rule["exceptions"] == []
     pts.append(pt(3e-4, 24, 2, 0.0))  # a safe trial past the line: the rule names it
-    rule = report.budget_rule(pts, 0.0, 0.02, "lr x steps / batch")
+    rule = sweep_analysis.budget_rule(pts, 0.0, 0.02, "lr x steps / batch")
     assert rule["agree"] == pytest.approx(5 / 6) and rule["exceptions"] == ["0.0003 24 2"]
-    assert report.budget_rule(pts[:1], 0.0, 0.02) is None  # one budget draws no line
-    assert report.budget_rule([pt(1e-5, 6, 8, 0.0), pt(1e-5, 12, 8, 0.0)], 0.0, 0.02)["breaks_at"] is None
+    assert sweep_analysis.budget_rule(pts[:1], 0.0, 0.02) is None  # one budget draws no line
+    assert sweep_analysis.budget_rule([pt(1e-5, 6, 8, 0.0), pt(1e-5, 12, 8, 0.0)], 0.0, 0.02)["breaks_at"] is None
     # lr x steps (6e-5, 6e-4, 2.4e-3, 1.8e-3, 1.2e-3, 7.2e-3) breaks at 1.8e-3, one exception; lr x steps x batch
     # (4.8e-4, 4.8e-3, 9.6e-3, 3.6e-3, 9.6e-3, 1.44e-2) breaks at 3.6e-3 with three: the candidates come best-fitting
     # first, so the reader sees which form of the knobs predicts safety
-    ranked = report.budget_rules(pts, 0.0, 0.02)
+    ranked = sweep_analysis.budget_rules(pts, 0.0, 0.02)
     assert [r["budget"] for r in ranked] == ["lr x steps", "lr x steps / batch", "lr x steps x batch"]
     assert [r["agree"] for r in ranked] == pytest.approx([5 / 6, 5 / 6, 3 / 6])
     assert ranked[0]["breaks_at"] == pytest.approx(1.8e-3) and ranked[2]["breaks_at"] == pytest.approx(3.6e-3)
@@ -187,7 +187,7 @@ def test_runs_and_report_cli(finished_sweep):
 
 def test_report_shows_over_refusal_next_to_harm(finished_sweep):
     cfg, _ = finished_sweep
-    summary = report.sweep_report(cfg.output_dir, max_harm_increase=1.0)
+    summary = sweep_analysis.sweep_report(cfg.output_dir, max_harm_increase=1.0)
     assert summary["bench"] == "advbench"  # the benign bench is not taken as the harm bench
     assert all(p["over_refusal"] is not None for p in summary["pareto"])
     assert "| over-refusal |" in summary["markdown"]
@@ -200,7 +200,7 @@ def test_sweep_report_embeds_basin_plots(finished_sweep):
     store = Store(f"{cfg.output_dir}/runs.db")
     run = next(r for r in store.runs("done") if r["kind"] == "trial" and r["config"]["train"]["ema_beta"] == 0.9)
     basin(run["run_dir"], probe_n=3, max_new_tokens=2, alphas=(0.0, 1.0), show_progress=False)
-    report.sweep_report(cfg.output_dir, max_harm_increase=1.0)
+    sweep_analysis.sweep_report(cfg.output_dir, max_harm_increase=1.0)
     page = open(f"{cfg.output_dir}/report.html").read()
     assert "<h2>basin: " in page
 
@@ -314,7 +314,7 @@ def test_report_md_escapes_names_from_the_data(tmp_path):
                               ("model", evil, "", "ci_high", 0.5), ("model", evil, "", "n", 10),
                               ("model", "utility", "", "heldout_loss", 2.0 - i)])
     store.close()
-    summary = report.sweep_report(sweep_dir, max_harm_increase=1.0)
+    summary = sweep_analysis.sweep_report(sweep_dir, max_harm_increase=1.0)
     md = (sweep_dir / "report.md").read_text()
     assert md == summary["markdown"] and "Recommended" in md
     for raw in ("<script", "](javascript:", "[x]"):

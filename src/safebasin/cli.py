@@ -423,7 +423,8 @@ def report(
     """A sweep: Pareto front, heat maps and a recommendation. A run: training and monitor curves, eval, basin plot."""
     from rich.markdown import Markdown
 
-    from .report import UTILITY, run_report, sweep_report
+    from .report import run_report
+    from .safety.sweep_analysis import UTILITY, sweep_report
     from .store import STORE_FILE
 
     if not (sweep_dir / STORE_FILE).is_file() and (sweep_dir / "config.yaml").is_file():

@@ -382,7 +382,7 @@ def evaluate(spec: str, benches: list[str], output_dir: str | Path, *, utility: 
     for bench in loaded:  # a bar chart per category, where the bench has categories (HEx-PHI, JBB)
         by_model = {label: e["benchmarks"][bench.name].get("by_category") for label, e in results["models"].items()}
         if bench.kind in ("harmful", "over-refusal") and any(by_model.values()):
-            from .report import category_png, write_png
+            from .plots import category_png, write_png
 
             write_png(out / f"categories_{bench.name}.png", category_png(by_model, bench.name))
     if is_run_dir(Path(spec)):

@@ -159,11 +159,11 @@ def make_summary(cfg, results: dict, configs: dict, timings: dict, source: str) 
 
 def write_report(out: Path, summary: dict, generations: list[dict], prompts_shown: int = 4) -> None:
     arms_ = summary["arms"]
-    points = [{"label": n, "harmful_rate": a["expected_max_toxicity"], "ci_low": a["emt_ci"][0], "ci_high": a["emt_ci"][1],
+    points = [{"label": n, "expected_max_toxicity": a["expected_max_toxicity"], "expected_max_toxicity_ci": a["emt_ci"],
                "perplexity": a["perplexity"], "marker": n == "base"} for n, a in arms_.items()]
     png = report.tradeoff_png(points, "perplexity", "perplexity under the base LM (lower = more fluent)",
                               f"expected max toxicity vs fluency, rtp-toxic first {summary['settings']['prompts']}",
-                              y_label="expected max toxicity (95% bootstrap CI)")
+                              y_label="expected max toxicity (95% bootstrap CI)", y_key="expected_max_toxicity")
     report.write_png(out / "toxicity_vs_perplexity.png", png)
     table = report.table_html(summary["table"]["columns"], summary["table"]["rows"])
     sections = [("Results (lower toxicity is better; scorer: " + next(iter(arms_.values()))["scorer"] + ")", table),

@@ -121,10 +121,10 @@ def make_summary(cfg, results: dict, compute: dict, timings: dict, generations: 
 
 def write_report(out: Path, summary: dict, generations: list[dict], shown: int = 5) -> None:
     res = summary["rows"]
-    points = [{"label": n, "harmful_rate": r["unigram_f1"], "ci_low": r["unigram_f1_ci"][0], "ci_high": r["unigram_f1_ci"][1],
-               "rougeL": r["rougeL"], "marker": n == "context-instruct"} for n, r in res.items()]
+    points = [{"label": n, "unigram_f1": r["unigram_f1"], "unigram_f1_ci": r["unigram_f1_ci"], "rougeL": r["rougeL"],
+               "marker": n == "context-instruct"} for n, r in res.items()]
     png = report.tradeoff_png(points, "rougeL", "ROUGE-L (higher is better)", "DailyDialog validation: unigram F1 vs ROUGE-L",
-                              y_label="unigram F1 (95% bootstrap CI; higher is better)")
+                              y_label="unigram F1 (95% bootstrap CI; higher is better)", y_key="unigram_f1")
     report.write_png(out / "dialogue.png", png)
     sections = [("Results", report.table_html(summary["table"]["columns"], summary["table"]["rows"]))]
     by = {}

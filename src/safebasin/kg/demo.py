@@ -150,11 +150,11 @@ def _split(settings: dict) -> str:
 
 def write_report(out: Path, summary: dict, generations: list[dict], shown: int = 5) -> None:
     res = summary["rows"]
-    points = [{"label": n, "harmful_rate": r["knowledge_f1"], "ci_low": r["knowledge_f1_ci"][0],
-               "ci_high": r["knowledge_f1_ci"][1], "unigram_f1": r["unigram_f1"], "marker": n == "SURGE"} for n, r in res.items()]
+    points = [{"label": n, "knowledge_f1": r["knowledge_f1"], "knowledge_f1_ci": r["knowledge_f1_ci"],
+               "unigram_f1": r["unigram_f1"], "marker": n == "SURGE"} for n, r in res.items()]
     png = report.tradeoff_png(points, "unigram_f1", "unigram F1 against the reference reply (higher is better)",
                               f"OpenDialKG {_split(summary['settings'])} turns: knowledge F1 vs unigram F1",
-                              y_label="knowledge F1 (95% bootstrap CI; higher is better)")
+                              y_label="knowledge F1 (95% bootstrap CI; higher is better)", y_key="knowledge_f1")
     report.write_png(out / "kg.png", png)
     sections = [("Results", report.table_html(summary["table"]["columns"], summary["table"]["rows"]))]
     by: dict = {}

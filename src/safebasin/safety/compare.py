@@ -11,8 +11,8 @@ others, so a bench that played no part in choosing shows whether the ranking hol
 from functools import lru_cache
 from pathlib import Path
 
-from .atomic import read_jsonl
-from .stats import paired_bootstrap_seeds
+from ..atomic import read_jsonl
+from ..stats import paired_bootstrap_seeds
 
 LEVELS = (0.5, 0.75, 0.9)  # the matched-utility levels: a share of plain SFT's held-out-loss gain
 KNOBS = {  # each method's own knob, as a label shows it
