@@ -3,7 +3,7 @@ import json
 import pytest
 
 from safebasin import models
-from safebasin.basin import basin
+from safebasin.safety.basin import basin
 from safebasin.evaluate import probe_prompts, probe_rate
 from safebasin.config import TrainConfig
 from safebasin.data import load_for_training

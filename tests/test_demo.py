@@ -5,7 +5,7 @@ from html.parser import HTMLParser
 
 import pytest
 
-from safebasin import demo
+from safebasin.safety import demo
 
 
 class _Collect(HTMLParser):

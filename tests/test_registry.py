@@ -65,6 +65,6 @@ def test_every_registry_is_one_type_and_finds_the_systems_on_lookup():
 
 def test_a_system_registers_without_importing_another_system_or_the_safety_scenario():
     code = ("import sys, safebasin.kg, safebasin.detox, safebasin.dialogue; "
-            "print(sorted(m for m in sys.modules if m in ('safebasin.demo', 'safebasin.train', 'safebasin.report')))")
+            "print(sorted(m for m in sys.modules if m in ('safebasin.safety.demo', 'safebasin.train', 'safebasin.report')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -11,7 +11,8 @@ from html.parser import HTMLParser
 
 import pytest
 
-from safebasin import demo, judges, report
+from safebasin import judges, report
+from safebasin.safety import demo
 from safebasin.judges import rate
 
 ARMS = ["base", "aligned", "aggressive", "aggressive+ema", "careful", "careful+ema"]

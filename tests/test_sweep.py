@@ -194,7 +194,7 @@ def test_report_shows_over_refusal_next_to_harm(finished_sweep):
 
 
 def test_sweep_report_embeds_basin_plots(finished_sweep):
-    from safebasin.basin import basin
+    from safebasin.safety.basin import basin
 
     cfg, _ = finished_sweep
     store = Store(f"{cfg.output_dir}/runs.db")

@@ -477,7 +477,7 @@ def basin_cmd(
     max_new_tokens: int = typer.Option(32),
 ):
     """Harmful rate and held-out loss along θ0 → θ_raw, with the EMA weights placed on the line."""
-    from .basin import basin
+    from .safety.basin import basin
 
     result = basin(run_dir, bench, probe, max_new_tokens)
     for p in result["points"]:

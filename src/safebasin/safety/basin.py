@@ -9,11 +9,11 @@ from pathlib import Path
 
 import torch
 
-from . import atomic, data, methods, models, report
-from .config import TrainConfig, build, read_yaml
-from .errors import UserError
-from .evaluate import heldout_loss, probe_prompts, probe_rate
-from .judges import keyword_judge
+from .. import atomic, data, methods, models, report
+from ..config import TrainConfig, build, read_yaml
+from ..errors import UserError
+from ..evaluate import heldout_loss, probe_prompts, probe_rate
+from ..judges import keyword_judge
 
 ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25)
 def _vector(state: dict[str, torch.Tensor], keys: list[str]) -> torch.Tensor:

@@ -22,17 +22,17 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from . import atomic, data, models, report
-from .models import native_bf16
-from .config import TrainConfig, from_preset, read_yaml
-from .evaluate import evaluate_model, load_bench, rouge_l, rouge_set
-from .generate import HFBackend, chat_prompt
-from .judges import degenerate, keyword_judge
-from .safety import panel
-from .safety.align import MANIFEST_FILE, RUN_DIR, AlignConfig, AlignRecipe, aligned_model
-from .safety.align import align as align_model
-from .scenario import DemoDir
-from .train import MODEL_DIR, RAW_DIR
+from .. import atomic, data, models, report
+from ..config import TrainConfig, from_preset, read_yaml
+from ..evaluate import evaluate_model, load_bench, rouge_l, rouge_set
+from ..generate import HFBackend, chat_prompt
+from ..judges import degenerate, keyword_judge
+from ..models import native_bf16
+from ..scenario import DemoDir
+from ..train import MODEL_DIR, RAW_DIR
+from . import panel
+from .align import MANIFEST_FILE, RUN_DIR, AlignConfig, AlignRecipe, aligned_model
+from .align import align as align_model
 
 log = logging.getLogger(__name__)
 
