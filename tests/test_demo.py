@@ -188,3 +188,24 @@ def test_every_arm_is_scored_on_the_whole_panel_and_the_report_names_the_choosin
     assert row[cols.index("worst harmful panel set, check half ↓")].startswith(check["worst_set"])
     page = (out / "report.html").read_text()
     assert "The safety panel, set by set" in page and "recipes were chosen on advbench, xstest" in page
+
+
+def test_the_cli_prints_every_scenarios_table_one_way(capsys, tmp_path):
+    """No scenario is special to the CLI (issue #35): a summary's short `terminal` table if it has one, else its
+    `table`, then its notes and the files it wrote."""
+    from safebasin import cli
+
+    def printed() -> str:
+        got = capsys.readouterr()
+        return " ".join((got.out + got.err).split())
+
+    base = {"seed": 3, "timings_s": {"total": 12.0}, "table": {"columns": ["row", "F1"], "rows": [["SURGE", "0.3"]]}}
+    cli.print_demo_table(base, "kg", tmp_path)
+    text = printed()
+    assert "demo kg, seed 3" in text and "SURGE" in text and f"report: {tmp_path / 'report.html'}" in text
+    short = base | {"terminal": {"title": "AdvBench first 4", "columns": ["arm", "harm"], "rows": [["aligned", "8%"]],
+                                 "notes": ["scaled down: [x]"], "outputs": ["report.html", "tradeoff.png"]}}
+    cli.print_demo_table(short, "safety", tmp_path)
+    text = printed()
+    assert "AdvBench first 4" in text and "aligned" in text and "SURGE" not in text
+    assert "scaled down: [x]" in text and f"tradeoff: {tmp_path / 'tradeoff.png'}" in text and "wall time 12 s" in text

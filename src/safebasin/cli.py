@@ -294,43 +294,26 @@ def demo(
     overrides = {"model": model, "data_dir": data_dir, "seed": seed}
     scenario = scenario or "safety"
     chosen = SCENARIOS.lookup(scenario)
-    output_dir = output_dir or ("runs/demo" if scenario == "safety" else f"runs/demo-{scenario}")
+    output_dir = output_dir or chosen.output_dir or f"runs/demo-{scenario}"
     summary = chosen.start(chosen.config(preset, str(config) if config else None, overrides), output_dir, overwrite=overwrite)
-    if scenario == "safety":
-        print_demo_table(summary)
-        say(f"report: {Path(output_dir) / 'report.html'}  plot: {Path(output_dir) / 'tradeoff.png'}")
-        return
-    from .ui import LiteralTable as Table
-
-    table = Table(title=escape(f"demo {scenario}, seed {summary['seed']}"))
-    for col in summary["table"]["columns"]:
-        table.add_column(col)
-    for row in summary["table"]["rows"]:
-        table.add_row(*map(str, row))
-    out.print(table)
-    say(f"report: {Path(output_dir) / 'report.html'}; wall time {summary['timings_s']['total']:.0f} s")
+    print_demo_table(summary, scenario, Path(output_dir))
 
 
-def print_demo_table(summary: dict) -> None:
+def print_demo_table(summary: dict, scenario: str, output_dir: Path) -> None:
+    """Any scenario's table: its short `terminal` table if it has one, else its `table`; then where it wrote."""
     from .ui import LiteralTable as Table  # cells from data print as written
 
-    table = Table(title=f"AdvBench first {summary['settings']['prompts']} prompts, keyword judge, seed {summary['seed']}")
-    for col in ("arm", "AdvBench harmful", "95% CI", "worst panel set: choose", "check", "XSTest refused",
-                "held-out loss", "ROUGE-L"):
+    shown = summary.get("terminal") or summary["table"]
+    table = Table(title=escape(shown.get("title") or f"demo {scenario}, seed {summary['seed']}"))
+    for col in shown["columns"]:
         table.add_column(col)
-
-    def worst(a: dict, half: str) -> str:
-        block = ((a.get("panel") or {}).get(half) or {}).get("harmful")
-        return "" if not block else f"{block['worst_set']} {block['worst_rate']:.0%}"
-
-    for name, a in summary["arms"].items():
-        o = a.get("over_refusal")
-        table.add_row(name, f"{a['harmful_rate']:.1%}", f"{a['ci_low']:.0%}-{a['ci_high']:.0%}", worst(a, "choose"),
-                      worst(a, "check"), "" if not o else f"{o['rate']:.0%}",
-                      f"{a['heldout_loss']:.3f}", "" if a["rougeL"] is None else f"{a['rougeL']:.3f}")
+    for row in shown["rows"]:
+        table.add_row(*map(str, row))
     out.print(table)
-    out.print("scaled down: " + "; ".join(summary["scaled_down"]), highlight=False)
-    out.print(f"wall time: {summary['timings_s']['total']:.0f} s")
+    for note in shown.get("notes", []):
+        out.print(escape(note), highlight=False)
+    files = "  ".join(f"{Path(f).stem}: {output_dir / f}" for f in shown.get("outputs", ["report.html"]))
+    say(f"{files}; wall time {summary['timings_s']['total']:.0f} s")
 
 
 @app.command()

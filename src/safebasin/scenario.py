@@ -26,7 +26,9 @@ class Scenario(NamedTuple):
     demo runs, so registering one costs nothing at start-up and imports no other system."""
     module: str
     make_config: str  # (preset, yaml_path, overrides) -> the scenario's validated config
-    run: str  # (config, output_dir, overwrite=...) -> summary; the summary carries a `table` (columns, rows)
+    run: str  # (config, output_dir, overwrite=...) -> summary; it carries a `table` (columns, rows) and may carry a
+    # shorter `terminal` table (title, columns, rows, notes, outputs) for the CLI
+    output_dir: str | None = None  # --output-dir's default (None: runs/demo-NAME)
 
     def config(self, *args, **kw):
         return getattr(importlib.import_module(self.module), self.make_config)(*args, **kw)
@@ -38,8 +40,8 @@ class Scenario(NamedTuple):
 SCENARIOS: Registry[Scenario] = Registry("demo scenario")
 
 
-def register_scenario(name: str, module: str, make_config: str, run: str) -> None:
-    SCENARIOS.register(name, Scenario(module, make_config, run))
+def register_scenario(name: str, module: str, make_config: str, run: str, output_dir: str | None = None) -> None:
+    SCENARIOS.register(name, Scenario(module, make_config, run, output_dir))
 
 
 def check_arm_names(names: list[str], reserved: set[str] | tuple = (), where: str = "demo", field: str = "arms") -> None:

@@ -4,4 +4,4 @@ start (`align`), its scenario (`demo`: `safebasin demo`, registered here like ev
 
 from ..scenario import register_scenario
 
-register_scenario("safety", "safebasin.safety.demo", "demo_config", "run_demo")
+register_scenario("safety", "safebasin.safety.demo", "demo_config", "run_demo", output_dir="runs/demo")

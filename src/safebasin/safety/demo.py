@@ -356,7 +356,27 @@ def make_summary(cfg: DemoConfig, results: dict, configs: dict, timings: dict, b
     for label in arms:
         arms[label]["recipe"] = recipe(label, summary)
     summary["table"] = results_table(summary)
+    summary["terminal"] = terminal_table(summary)
     return summary
+
+
+def terminal_table(summary: dict) -> dict:
+    """The short table `safebasin demo` prints (the full one is in report.html): title, columns, rows, notes."""
+    def worst(a: dict, half: str) -> str:
+        block = ((a.get("panel") or {}).get(half) or {}).get("harmful")
+        return "" if not block else f"{block['worst_set']} {block['worst_rate']:.0%}"
+
+    rows = []
+    for name, a in summary["arms"].items():
+        o = a.get("over_refusal")
+        rows.append([name, f"{a['harmful_rate']:.1%}", f"{a['ci_low']:.0%}-{a['ci_high']:.0%}", worst(a, "choose"),
+                     worst(a, "check"), "" if not o else f"{o['rate']:.0%}", f"{a['heldout_loss']:.3f}",
+                     "" if a["rougeL"] is None else f"{a['rougeL']:.3f}"])
+    return {"title": f"AdvBench first {summary['settings']['prompts']} prompts, keyword judge, seed {summary['seed']}",
+            "columns": ["arm", "AdvBench harmful", "95% CI", "worst panel set: choose", "check", "XSTest refused",
+                        "held-out loss", "ROUGE-L"], "rows": rows,
+            "notes": ["scaled down: " + "; ".join(summary["scaled_down"])],
+            "outputs": ["report.html", "tradeoff.png"]}
 
 
 def datasets(cfg: DemoConfig) -> dict[str, str]:
