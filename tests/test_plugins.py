@@ -81,3 +81,58 @@ def test_registering_a_different_entry_under_a_taken_name_is_refused():
 
     with pytest.raises(ValueError, match="registered twice"):
         methods.register(Clash)
+
+
+def test_a_fifth_system_brings_its_own_bench_kind_and_eval_setting_through_the_real_cli(tiny_model_dir, tmp_path,
+                                                                                           capsys, monkeypatch):
+    """Issue #35's seam: a toy system registers a bench kind with its own setting (`unit`) and headline, and the
+    real `safebasin eval` takes `--bench-arg unit=words`, validates it, scores and prints the kind's own table,
+    with no change to cli.py or evaluate.py."""
+    from typing import Literal
+
+    from pydantic import BaseModel, ConfigDict
+
+    from safebasin import ui
+    from safebasin.generate import HFBackend
+    from test_bad_input import invoke
+
+    class LengthSettings(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        unit: Literal["chars", "words"] = "chars"
+
+    def score_length(model, tok, bench, *, label, batch_size, max_new_tokens, unit="chars", **_):
+        replies = HFBackend(model, tok, batch_size, show_progress=False).generate(bench.prompts, max_new_tokens or 4)
+        sizes = [len(r.split()) if unit == "words" else len(r) for r in replies]
+        return ({"kind": "reply-length", "n": len(sizes), "unit": unit, "mean_length": sum(sizes) / len(sizes)},
+                [{"benchmark": bench.name, "index": i, "prompt": p, "response": r, "length": s}
+                 for i, (p, r, s) in enumerate(zip(bench.prompts, replies, sizes))])
+
+    root = tmp_path / "data"
+    (root / "toy").mkdir(parents=True)
+    (root / "toy" / "prompts.jsonl").write_text('{"prompt": "Say hi."}\n{"prompt": "Count to three."}\n')
+    evaluate.register_bench_kind("reply-length", score_length, settings=LengthSettings,
+                                 headline=[("mean reply length", "mean_length", "{:.2f}"), ("unit", "unit", "{}")],
+                                 title="reply length (toy system)")
+    data.register_bench("toy-prompts", data.Named("toy/prompts.jsonl", None, prompt_field="prompt", kind="reply-length"))
+    monkeypatch.setattr(ui.out, "width", 250)
+    try:
+        base = ["eval", tiny_model_dir, "--bench", "toy-prompts", "--max-new-tokens", "3", "--data-dir", root]
+        with ui.out.capture() as table:
+            code, err = invoke([*base, "--bench-arg", "unit=words", "--output-dir", tmp_path / "ok"], capsys)
+        assert code == 0, err[-3000:]
+        assert "reply length (toy system)" in table.get() and "mean reply length" in table.get() and "words" in table.get()
+        saved = json.loads((tmp_path / "ok" / "eval.json").read_text())
+        result = saved["models"]["model"]["benchmarks"]["toy-prompts"]
+        assert result["unit"] == "words" and result["n"] == 2 and result["mean_length"] >= 0
+        assert saved["settings"]["bench_args"] == {"reply-length": {"unit": "words"}}
+        for arg, fragment in (("unit=bytes", "bench setting unit=bytes (--bench-arg or its flag): reply-length benches: "
+                                             "Input should be 'chars' or 'words'"),
+                              ("colour=red", "bench setting colour (--bench-arg or its flag): no bench of this eval takes "
+                                             "it (settings by bench kind: reply-length: unit)"),
+                              ("unit", "--bench-arg unit: expected KEY=VALUE")):
+            code, err = invoke([*base, "--bench-arg", arg, "--output-dir", tmp_path / "bad"], capsys)
+            assert code == 2 and fragment in " ".join(err.split()) and "Traceback" not in err, err
+            assert not (tmp_path / "bad" / "eval.json").exists()
+    finally:
+        data.BENCH_SETS.unregister("toy-prompts")
+        evaluate.BENCH_KINDS.unregister("reply-length")

@@ -134,6 +134,9 @@ def eval_(
     data_dir: Optional[str] = typer.Option(None, help="Where named datasets live."),
     output_dir: Optional[str] = typer.Option(None, help="Where eval.json and generations.jsonl go (default: RUN/eval or runs/eval)."),
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Load .bin (pickle) weights; they can run code."),
+    bench_arg: list[str] = typer.Option([], "--bench-arg", help="KEY=VALUE: a setting of a bench kind, checked by the "
+                                        "kind that takes it (e.g. samples=5 for rtp-*; repeatable). The four flags "
+                                        "below are aliases of rtp-*'s settings."),
     samples: Optional[int] = typer.Option(None, help="rtp-* benches: sampled continuations per prompt (default 25)."),
     top_p: Optional[float] = typer.Option(None, help="rtp-* benches: nucleus sampling p (default 0.9)."),
     steer_alpha: Optional[float] = typer.Option(None, help="An ADLM run: strength in [0, 10] of suppressing the toxic "
@@ -176,9 +179,24 @@ def eval_(
                        max_new_tokens=max_new_tokens, batch_size=batch_size, refusal_list=refusal_list,
                        data_dir=data_dir, prompt_field=prompt_field, category_field=category_field,
                        utility_data=utility_data, judge2=judge2, backend=backend, allow_pickle=allow_pickle,
-                       samples=samples, top_p=top_p, steer_alpha=steer_alpha, scorer=toxicity_scorer, report_to=report_to)
+                       report_to=report_to, **bench_args(bench_arg, {"samples": samples, "top_p": top_p,
+                                                                      "steer_alpha": steer_alpha, "scorer": toxicity_scorer}))
     print_eval_table(results)
     say(f"wrote {out_dir / 'eval.json'} and {out_dir / 'generations.jsonl'}")
+
+
+def bench_args(pairs: list[str], aliases: dict) -> dict:
+    """--bench-arg KEY=VALUE pairs, with the alias flags that were given; the kinds check the values."""
+    args = {k: v for k, v in aliases.items() if v is not None}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--bench-arg {pair}: expected KEY=VALUE")
+        key = key.strip().replace("-", "_")
+        if key in args and str(args[key]) != value:
+            raise UserError(f"--bench-arg {pair}: {key} is already {args[key]} (from its own flag or an earlier --bench-arg)")
+        args[key] = value
+    return args
 
 
 def print_eval_table(results: dict) -> None:
@@ -187,14 +205,11 @@ def print_eval_table(results: dict) -> None:
     table = Table(title=escape(f"judge {results['settings']['judge']}, greedy, max_new_tokens {results['settings']['max_new_tokens']}"))
     for col in ("model", "bench", "n", "keyword judge", "95% CI", "second judge", "mean score", "held-out loss", "ROUGE-L"):
         table.add_column(col)
-    warnings, toxicity, systems = [], [], {}
+    warnings, systems = [], {}
     for label, entry in results["models"].items():
         util = entry.get("utility", {})
         for name, b in entry["benchmarks"].items():
-            if b["kind"].startswith("toxicity"):  # a detox bench: its own table below
-                toxicity.append((label, name, b))
-                continue
-            if b["kind"] not in ("harmful", "over-refusal"):  # a system's bench (dialogue, kg): no harmful rate
+            if b["kind"] not in ("harmful", "over-refusal"):  # a system's bench (toxicity, dialogue, kg): its own table
                 systems.setdefault(b["kind"], []).append((label, name, b))
                 continue
             what = "refusal" if b["kind"] == "over-refusal" else "harmful"
@@ -215,8 +230,6 @@ def print_eval_table(results: dict) -> None:
                           f"{util['heldout_loss']:.3f}" if util else "", f"{util['rougeL']:.3f}" if util else "")
     if table.rows:
         out.print(table)
-    if toxicity:
-        print_toxicity_table(toxicity)
     for kind, rows in systems.items():
         print_system_table(kind, rows)
     for label, entry in results["models"].items():  # the broad panel's headline: worst set and macro mean, per half
@@ -233,36 +246,17 @@ def print_eval_table(results: dict) -> None:
         say(w, tag="warning", style="yellow")
 
 
-def print_toxicity_table(rows: list[tuple[str, str, dict]]) -> None:
-    from .ui import LiteralTable as Table
-
-    table = Table(title="toxicity (sampled continuations / replies; an offline scorer, not Perspective)")
-    for col in ("model", "bench", "n", "scorer", "exp. max toxicity (95% CI)", "toxicity prob. / offensive rate (95% CI)",
-                "perplexity", "second scorer"):
-        table.add_column(col)
-    for label, name, b in rows:
-        if b["kind"] == "toxicity":
-            second = b.get("second_scorer")
-            table.add_row(label, name, f"{b['n']} x {b['samples']}", b["scorer"],
-                          f"{b['expected_max_toxicity']:.3f} ({b['emt_ci'][0]:.3f}-{b['emt_ci'][1]:.3f})",
-                          f"{b['toxicity_probability']:.1%} ({b['tp_ci'][0]:.0%}-{b['tp_ci'][1]:.0%})", f"{b['perplexity']:.1f}",
-                          f"{second['scorer']}: {second['expected_max_toxicity']:.3f}" if second else "")
-        else:
-            table.add_row(label, name, str(b["n"]), b["scorer"], "",
-                          f"{b['offensive_rate']:.1%} ({b['ci_low']:.0%}-{b['ci_high']:.0%})", "", "")
-    out.print(table)
-
-
 def print_system_table(kind: str, rows: list[tuple[str, str, dict]]) -> None:
-    """One table per system bench kind, its headline numbers (report.HEADLINES); the rest is in eval.json."""
-    from .report import headline
+    """One table per bench kind, its headline numbers (as the kind declares them); the rest is in eval.json."""
+    from .evaluate import BENCH_KINDS, headline, headline_columns
     from .ui import LiteralTable as Table
 
-    table = Table(title=escape(f"{kind} benches (every number in eval.json)"))
-    for col in ("model", "bench", "n", *headline({"kind": kind})[0]):
+    title = BENCH_KINDS.lookup(kind).title or f"{kind} benches"
+    table = Table(title=escape(f"{title} (every number in eval.json)"))
+    for col in ("model", "bench", "n", *headline_columns(kind)):
         table.add_column(col)
     for label, name, b in rows:
-        table.add_row(label, name, str(b.get("n", "")), *headline(b)[1])
+        table.add_row(label, name, str(b.get("n", "")), *headline(b))
     out.print(table)
 
 

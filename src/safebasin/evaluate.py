@@ -12,14 +12,17 @@ import logging
 import math
 import random
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from pydantic import BaseModel, ValidationError
 
 from . import atomic, data, methods, model_card, models
 from .config import TrainConfig, build, read_yaml
 from .errors import UserError
+from .formats import NA
 from .generate import HFBackend, VLLMBackend, pick_backend
 from .registry import Registry
 from .safety import panel  # system 1's bench suite, read here until bench kinds register their own aggregates
@@ -250,34 +253,110 @@ def utility_split(spec: str, utility_data: str | None, ddir: str | None, seed: i
     return heldout, cfg
 
 
-BENCH_KINDS = Registry("bench kind")  # kind -> scorer(model, tok, bench, label=..., **context) -> (metrics, rows)
+@dataclass(frozen=True)
+class BenchKind:
+    """A kind of bench, as a system declares it: how it is scored, the eval settings it takes, and the numbers its
+    table shows. `eval`, the CLI and the run report read these and know no kind by name.
+
+    `score(model, tok, bench, *, label, batch_size, max_new_tokens, show_progress, generator, judge, judge2, seed,
+    method, reference, data_dir, cache, **settings) -> (metrics, rows)`; a scorer takes what it needs and `**_`.
+    `settings`: a pydantic model of the kind's own settings (`eval --bench-arg KEY=VALUE`), validated before any
+    generation. `headline`: (column, result key or callable(metrics) -> cell, format) for its eval table.
+    """
+    score: Callable
+    settings: type[BaseModel] | None = None
+    headline: tuple = ()
+    title: str | None = None
+    needs_judge: bool = False  # scored by the keyword refusal judge (`--refusal-list`)
 
 
-def register_bench_kind(kind: str, scorer) -> None:
+BENCH_KINDS: Registry[BenchKind] = Registry("bench kind")
+
+
+def register_bench_kind(kind: str, scorer: Callable, *, settings: type[BaseModel] | None = None, headline=(),
+                        title: str | None = None, needs_judge: bool = False) -> None:
     """A system scores its own kind of bench (detox: sampled continuations and their toxicity) inside `eval`."""
-    BENCH_KINDS.register(kind, scorer)
+    BENCH_KINDS.register(kind, BenchKind(scorer, settings, tuple(headline), title, needs_judge))
 
 
-def evaluate_model(model, tok, label: str, benches: list[Bench], judge: KeywordJudge, *, max_new_tokens: int | None,
-                   batch_size: int, heldout: list | None = None, max_seq_len: int = 256,
+def headline_columns(kind: str) -> list[str]:
+    """The columns of a kind's eval table, as it declares them (none: its numbers are only in eval.json)."""
+    found = BENCH_KINDS.get(kind)
+    return [c for c, _, _ in found.headline] if found else []
+
+
+def headline(b: dict) -> list[str]:
+    """The cells of a bench result's headline numbers, by its kind; "—" where it measured none (MRR without a
+    retriever)."""
+    def cell(key, fmt) -> str:
+        if callable(key):
+            return key(b)
+        value = b
+        for part in key.split("."):  # "retrieval.mrr": a nested number
+            value = value.get(part) if isinstance(value, dict) else None
+        return NA if value is None else fmt.format(value)
+
+    found = BENCH_KINDS.get(b.get("kind"))
+    return [cell(k, f) for _, k, f in found.headline] if found else []
+
+
+def score_prompts(model, tok, bench: Bench, *, label: str, batch_size: int, max_new_tokens: int | None,
+                  show_progress: bool = True, generator=None, judge: KeywordJudge | None = None, judge2=None,
+                  **_) -> tuple[dict, list[dict]]:
+    """The harmful and over-refusal kinds: one greedy reply per prompt, keyword verdicts, a second judge beside."""
+    if judge is None:
+        raise ValueError(f"bench {bench.name!r} ({bench.kind}): scoring refusals needs a keyword judge")
+    backend = generator or HFBackend(model, tok, batch_size=batch_size, show_progress=show_progress)
+    responses = backend.generate(bench.prompts, max_new_tokens or DEFAULT_MAX_NEW_TOKENS, desc=f"{label}: {bench.name}")
+    return score_bench(bench, responses, judge, judge2)
+
+
+register_bench_kind("harmful", score_prompts, title="harmful prompts (lower is safer)", needs_judge=True)
+register_bench_kind("over-refusal", score_prompts, title="benign prompts (refusing is the failure)", needs_judge=True)
+
+
+def bench_settings(kinds: list[str], args: dict) -> dict[str, dict]:
+    """Each kind's own settings from `--bench-arg KEY=VALUE` (a value as typed: its kind's model converts it): a key
+    that no bench kind of this eval takes, or a value its kind refuses, is one line, before any generation."""
+    takes = {k: BENCH_KINDS.lookup(k).settings for k in dict.fromkeys(kinds)}
+    takes = {k: m for k, m in takes.items() if m is not None}
+    for key in args:
+        if not any(key in m.model_fields for m in takes.values()):
+            offered = "; ".join(f"{k}: {', '.join(m.model_fields)}" for k, m in takes.items()) or "none"
+            raise UserError(f"bench setting {key} (--bench-arg or its flag): no bench of this eval takes it "
+                            f"(settings by bench kind: {offered})")
+    out = {}
+    for kind, model in takes.items():
+        mine = {key: v for key, v in args.items() if key in model.model_fields}
+        try:
+            out[kind] = model(**mine).model_dump()
+        except ValidationError as e:
+            err = e.errors()[0]
+            key = err["loc"][0] if err["loc"] else "?"
+            raise UserError(f"bench setting {key}={args.get(key)!s} (--bench-arg or its flag): {kind} benches: "
+                            f"{err['msg']}") from None
+    return out
+
+
+def evaluate_model(model, tok, label: str, benches: list[Bench], judge: KeywordJudge | None = None, *,
+                   max_new_tokens: int | None, batch_size: int, heldout: list | None = None, max_seq_len: int = 256,
                    rouge: tuple[list[str], list[str]] | None = None, show_progress: bool = True,
-                   judge2=None, generator=None, context: dict | None = None) -> tuple[dict, list[dict]]:
+                   judge2=None, generator=None, context: dict | None = None,
+                   settings: dict[str, dict] | None = None) -> tuple[dict, list[dict]]:
     """Metrics and per-prompt rows for one loaded model: the one place where a model gets scored.
+    `judge`: the keyword judge of the harmful and over-refusal kinds (only those need one).
     `generator`: another backend (vLLM) for the same model; the HF model still scores held-out loss.
-    `context`: settings for the benches of a registered kind (samples, top_p, the run's method, ...)."""
+    `context`: what every kind may use (seed, the run's method, its reference model, data dir, a cache);
+    `settings`: each kind's own validated settings (`bench_settings`)."""
     backend = generator or HFBackend(model, tok, batch_size=batch_size, show_progress=show_progress)
     entry: dict = {"benchmarks": {}}
     generations: list[dict] = []
     for bench in benches:
-        if bench.kind in BENCH_KINDS:
-            entry["benchmarks"][bench.name], rows = BENCH_KINDS[bench.kind](
-                model, tok, bench, label=label, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                show_progress=show_progress, generator=generator, **(context or {}))
-            generations += [{"model": label, **r} for r in rows]
-            continue
-        max_new_tokens = max_new_tokens or DEFAULT_MAX_NEW_TOKENS
-        responses = backend.generate(bench.prompts, max_new_tokens, desc=f"{label}: {bench.name}")
-        entry["benchmarks"][bench.name], rows = score_bench(bench, responses, judge, judge2)
+        kind = BENCH_KINDS.lookup(bench.kind)
+        entry["benchmarks"][bench.name], rows = kind.score(
+            model, tok, bench, label=label, batch_size=batch_size, max_new_tokens=max_new_tokens,
+            show_progress=show_progress, generator=generator, judge=judge, judge2=judge2, **(context or {}),
+            **(settings or {}).get(bench.kind, {}))
         generations += [{"model": label, **r} for r in rows]
     if heldout is not None or rouge is not None:
         entry["utility"] = {}
@@ -318,37 +397,34 @@ def evaluate(spec: str, benches: list[str], output_dir: str | Path, *, utility: 
              refusal_list: str = "gcg", data_dir: str | None = None, prompt_field: str | None = None,
              category_field: str | None = None, utility_data: str | None = None, rouge_limit: int = 50,
              heldout_from: TrainConfig | None = None, show_progress: bool = True, judge2=None,
-             backend: str = "hf", allow_pickle: bool = False, samples: int | None = None, top_p: float | None = None,
-             steer_alpha: float | None = None, scorer: str | None = None, report_to: str = "none",
-             tracker=None) -> dict:
+             backend: str = "hf", allow_pickle: bool = False, report_to: str = "none", tracker=None,
+             **bench_args) -> dict:
     """`report_to`: trackers for the metrics; `tracker` (a trackers.TrackerRun) where they go, by default the run
-    dir's trackers (the training run's MLflow run gets them) or <output_dir>/trackers for a plain model."""
+    dir's trackers (the training run's MLflow run gets them) or <output_dir>/trackers for a plain model.
+    `bench_args`: the bench kinds' own settings (`--bench-arg KEY=VALUE`: detox's samples, top_p, steer_alpha and
+    scorer, ...), each validated by the kind that takes it; None means the kind's default."""
     out = Path(output_dir)
     check_eval_settings(out, limit=limit, sample=sample, max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed)
-    if samples is not None and samples < 1:
-        raise UserError(f"--samples must be at least 1, got {samples}")
-    if top_p is not None and not 0 < top_p <= 1:
-        raise UserError(f"--top-p must be in (0, 1], got {top_p}")
-    if steer_alpha is not None and not 0 <= steer_alpha <= 10:
-        raise UserError(f"--steer-alpha must be in [0, 10], got {steer_alpha}")
+    bench_args = {k: v for k, v in bench_args.items() if v is not None}
     backend = pick_backend(backend)
-    judge = keyword_judge(refusal_list, data_dir)
-    trackers = eval_trackers(report_to, spec, out, tracker, {"judge": judge.name, "decoding": "greedy",
-                                                              "max_new_tokens": max_new_tokens, "limit": limit,
-                                                              "sample": sample, "second_judge": judge2 and judge2.name})
     panels = [b for b in benches if panel.is_panel(b)]  # --bench panel[:choose|:check]: its sets, then its numbers
     benches = list(dict.fromkeys(n for b in benches for n in (panel.expand(b) if panel.is_panel(b) else [b])))
     loaded = [load_bench(b, data_dir, prompt_field, category_field, limit, sample, seed) for b in benches]
+    kind_settings = bench_settings([b.kind for b in loaded], bench_args)
+    # the keyword judge only where a kind is scored by it: a toxicity or dialogue eval needs no refusal list
+    judge = keyword_judge(refusal_list, data_dir) if any(BENCH_KINDS.lookup(b.kind).needs_judge for b in loaded) else None
+    trackers = eval_trackers(report_to, spec, out, tracker, {"judge": judge and judge.name, "decoding": "greedy",
+                                                              "max_new_tokens": max_new_tokens, "limit": limit,
+                                                              "sample": sample, "second_judge": judge2 and judge2.name})
     heldout, heldout_cfg, rouge = None, None, None
     if utility:
         heldout, heldout_cfg = utility_split(spec, utility_data, data_dir, seed, heldout_from)
         rouge = rouge_set(data_dir, rouge_limit)
     method, base_model = run_method(spec)
-    context = {"seed": seed, "samples": samples, "top_p": top_p, "steer_alpha": steer_alpha, "scorer": scorer,
-               "method": method, "reference": base_model, "data_dir": data_dir, "cache": {}}
+    context = {"seed": seed, "method": method, "reference": base_model, "data_dir": data_dir, "cache": {}}
     settings = {"benches": benches, "panels": panels, "limit": limit, "sample": sample, "seed": seed, "max_new_tokens": max_new_tokens,
-                "batch_size": batch_size, "decoding": "greedy", "judge": judge.name, "backend": backend,
-                "second_judge": None if judge2 is None else judge2.name}
+                "batch_size": batch_size, "decoding": "greedy", "judge": judge and judge.name, "backend": backend,
+                "second_judge": None if judge2 is None else judge2.name, "bench_args": kind_settings}
     if heldout_cfg:
         settings["heldout"] = {"data": heldout_cfg.data, "heldout_size": heldout_cfg.heldout_size, "seed": heldout_cfg.seed,
                                "split_seed": heldout_cfg.split_seed}
@@ -365,7 +441,7 @@ def evaluate(spec: str, benches: list[str], output_dir: str | Path, *, utility: 
             entry, rows = evaluate_model(model, tok, label, loaded, judge, max_new_tokens=max_new_tokens, batch_size=batch_size,
                                          heldout=heldout, max_seq_len=heldout_cfg.max_seq_len if heldout_cfg else 256,
                                          rouge=rouge, show_progress=show_progress, judge2=judge2, generator=generator,
-                                         context=context)
+                                         context=context, settings=kind_settings)
         finally:
             if generator is not None:
                 generator.close()

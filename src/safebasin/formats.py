@@ -41,30 +41,6 @@ def lr(x: float | None) -> str:
     return f"{float(mantissa):g}e{int(exponent)}"
 
 
-HEADLINES = {  # bench kind -> (column, result key, format): what `eval` and the run report show of a system's bench
-    "toxicity": [("exp. max toxicity", "expected_max_toxicity", "{:.3f}"), ("toxicity prob.", "toxicity_probability", "{:.1%}"),
-                 ("perplexity", "perplexity", "{:.1f}")],
-    "toxicity-dialogue": [("offensive rate", "offensive_rate", "{:.1%}")],
-    "dialogue": [("BLEU-1", "bleu-1", "{:.1f}"), ("BLEU-2", "bleu-2", "{:.1f}"), ("BLEU-4", "bleu-4", "{:.1f}"),
-                 ("ROUGE-L", "rougeL", "{:.3f}"), ("unigram F1", "unigram_f1", "{:.3f}"), ("distinct-2", "distinct-2", "{:.3f}")],
-    "kg": [("knowledge F1", "knowledge_f1", "{:.3f}"), ("entity F1", "entity_f1", "{:.3f}"), ("MRR", "retrieval.mrr", "{:.3f}"),
-           ("unigram F1", "unigram_f1", "{:.3f}"), ("ROUGE-L", "rougeL", "{:.3f}"), ("BLEU-4", "bleu-4", "{:.1f}")],
-}
-
-
-def headline(b: dict) -> tuple[list[str], list[str]]:
-    """(columns, cells) of a system bench's headline numbers, by its kind; NA where it measured none (MRR without a
-    retriever). A kind not listed has no columns: its numbers are in eval.json."""
-    def get(key: str):
-        value = b
-        for part in key.split("."):  # "retrieval.mrr": a nested number
-            value = value.get(part) if isinstance(value, dict) else None
-        return value
-
-    cols = HEADLINES.get(b.get("kind"), [])
-    return [c for c, _, _ in cols], [NA if get(k) is None else f.format(get(k)) for _, k, f in cols]
-
-
 _MD_SPECIALS = re.compile(r"([\\`*_{}\[\]()#+!|<>~])")
 
 

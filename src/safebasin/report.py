@@ -7,7 +7,7 @@
 from pathlib import Path
 
 from . import atomic
-from .formats import HEADLINES, NA, headline, lr, md_escape, num, num_diff, pct, pct_range, points_diff  # noqa: F401
+from .formats import NA, lr, md_escape, num, num_diff, pct, pct_range, points_diff  # noqa: F401
 from .htmlkit import (SORT_FILTER_JS, STYLE, Html, cpu_name, csp, csp_hash, details_html, environment,  # noqa: F401
                       examples_html, filter_html, html_page, img_html, table_html)
 from .plots import basin_png, category_png, loss_curves_png, tradeoff_png, training_png, write_png  # noqa: F401
@@ -16,6 +16,8 @@ from .plots import basin_png, category_png, loss_curves_png, tradeoff_png, train
 def run_report(run_dir: str | Path) -> Path:
     """report.html for one `safebasin train` run: training and monitor curves, eval results, basin plot."""
     import json
+
+    from .evaluate import headline, headline_columns
 
     import yaml
 
@@ -47,14 +49,14 @@ def run_report(run_dir: str | Path) -> Path:
             util = entry.get("utility", {})
             for bench, b in entry["benchmarks"].items():
                 if b.get("kind", "harmful") not in ("harmful", "over-refusal"):
-                    systems.setdefault(b["kind"], []).append([label, bench, b.get("n", ""), *headline(b)[1]])
+                    systems.setdefault(b["kind"], []).append([label, bench, b.get("n", ""), *headline(b)])
                     continue
                 rows.append([label, bench, b["n"], pct(b["harmful_rate"]), pct_range(b["ci_low"], b["ci_high"]),
                              f"{util['heldout_loss']:.4f}" if "heldout_loss" in util else ""])
         if rows:
             sections.append(("Evaluation", table_html(["model", "bench", "n", "harmful rate", "95% CI", "held-out loss"], rows)))
         for kind, kind_rows in systems.items():
-            sections.append((f"Evaluation: {kind} benches", table_html(["model", "bench", "n", *headline({"kind": kind})[0]],
+            sections.append((f"Evaluation: {kind} benches", table_html(["model", "bench", "n", *headline_columns(kind)],
                                                                         kind_rows)))
     if (run / "basin.png").is_file():
         pngs["safety basin"] = (run / "basin.png").read_bytes()

@@ -16,6 +16,8 @@ import math
 from contextlib import nullcontext
 from pathlib import Path
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from .. import models
 from ..errors import UserError
 from ..judges import wilson
@@ -25,6 +27,37 @@ from .sampling import sample_continuations
 log = logging.getLogger(__name__)
 
 RTP_DEFAULTS = {"samples": 25, "top_p": 0.9, "max_new_tokens": 20}
+
+
+class ToxicitySettings(BaseModel):
+    """`eval` settings of the rtp-* benches (`--bench-arg KEY=VALUE`; --samples, --top-p, --steer-alpha and
+    --toxicity-scorer are aliases). None: the protocol's default (RTP_DEFAULTS; an ADLM run's own α)."""
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    samples: int | None = Field(None, ge=1)  # sampled continuations per prompt
+    top_p: float | None = Field(None, gt=0, le=1)  # nucleus sampling p
+    steer_alpha: float | None = Field(None, ge=0, le=10)  # an ADLM run: strength of suppressing the toxic logits
+    scorer: str | None = None  # minilm-rtp (default), profanity-check, llm:URL|MODEL, hf:PATH
+
+
+class ToxichatSettings(BaseModel):
+    """`eval` settings of the toxichat bench: which scorer calls a reply offensive."""
+    model_config = ConfigDict(extra="forbid")
+    scorer: str | None = None
+
+
+TOXICITY_HEADLINE = (
+    ("scorer", "scorer", "{}"),
+    ("samples", "samples", "{}"),
+    ("exp. max toxicity (95% CI)", lambda b: f"{b['expected_max_toxicity']:.3f} ({b['emt_ci'][0]:.3f}-{b['emt_ci'][1]:.3f})", None),
+    ("toxicity prob. (95% CI)", lambda b: f"{b['toxicity_probability']:.1%} ({b['tp_ci'][0]:.0%}-{b['tp_ci'][1]:.0%})", None),
+    ("perplexity", "perplexity", "{:.1f}"),
+    ("second scorer", lambda b: f"{b['second_scorer']['scorer']}: {b['second_scorer']['expected_max_toxicity']:.3f}"
+     if b.get("second_scorer") else "", None),
+)
+TOXICHAT_HEADLINE = (
+    ("scorer", "scorer", "{}"),
+    ("offensive rate (95% CI)", lambda b: f"{b['offensive_rate']:.1%} ({b['ci_low']:.0%}-{b['ci_high']:.0%})", None),
+)
 MAX_CONTINUATIONS = 500_000  # about 17x the protocol's; each costs its text, scores and a generations.jsonl row
 
 

@@ -16,7 +16,6 @@ from .. import atomic, methods, models, report
 from . import metrics
 from ..config import TrainConfig, build, from_preset
 from ..evaluate import evaluate_model, load_bench
-from ..judges import keyword_judge
 from ..stats import paired_bootstrap_diff
 from ..scenario import DemoDir, check_arm_names
 from ..train import MODEL_DIR
@@ -89,17 +88,15 @@ def run_detox_demo(cfg: DetoxDemoConfig, output_dir: str | Path, show_progress: 
     demo_dir.claim_arms([out / name for name in arms(cfg)])
     t0, timings = time.perf_counter(), {}
     bench = load_bench("rtp-toxic", cfg.data_dir, limit=cfg.prompts)  # fixed before any training
-    judge = keyword_judge("gcg", cfg.data_dir)  # unused by the toxicity bench; evaluate_model's signature wants one
     base_model, _ = models.load(cfg.model)
-    context = {"seed": cfg.seed, "samples": cfg.samples, "top_p": cfg.top_p, "data_dir": cfg.data_dir,
-               "reference": None, "cache": {cfg.model: base_model.eval()}}
+    context = {"seed": cfg.seed, "data_dir": cfg.data_dir, "reference": None, "cache": {cfg.model: base_model.eval()}}
 
     def score(label: str, model, tok, method) -> dict:
         t = time.perf_counter()
-        entry, rows = evaluate_model(model, tok, label, [bench], judge, max_new_tokens=cfg.max_new_tokens, batch_size=16,
-                                     show_progress=show_progress,
-                                     context=context | {"method": method, "reference": cfg.model,
-                                                        "steer_alpha": cfg.steer_alpha if method.name == "adlm" else None})
+        entry, rows = evaluate_model(model, tok, label, [bench], max_new_tokens=cfg.max_new_tokens, batch_size=16,
+                                     show_progress=show_progress, context=context | {"method": method, "reference": cfg.model},
+                                     settings={"toxicity": {"samples": cfg.samples, "top_p": cfg.top_p,
+                                                            "steer_alpha": cfg.steer_alpha if method.name == "adlm" else None}})
         timings[f"eval {label}"] = round(time.perf_counter() - t, 1)
         generations.extend(rows)
         return entry["benchmarks"][bench.name]

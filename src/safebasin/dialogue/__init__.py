@@ -8,8 +8,8 @@ Importing this package registers the `dailydialog` data set and bench and the `c
 from ..scenario import register_scenario
 from ..evaluate import register_bench_kind
 from . import data, methods  # noqa: F401  (registration on import)
-from .bench import evaluate_dialogue
+from .bench import DIALOGUE_HEADLINE, DialogueSettings, evaluate_dialogue
 
-register_bench_kind("dialogue", evaluate_dialogue)
+register_bench_kind("dialogue", evaluate_dialogue, settings=DialogueSettings, headline=DIALOGUE_HEADLINE)
 
 register_scenario("dialogue", "safebasin.dialogue.demo", "dialogue_config", "run_dialogue_demo")

@@ -10,6 +10,9 @@ rows, so differences between models get paired bootstrap CIs (`metrics.paired_bo
 """
 
 import random
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
 
 from ..generate import HFBackend
 from . import metrics
@@ -34,6 +37,18 @@ def act_classifier(data_dir):
         clf.fit(texts, acts)
         _ACT_CLASSIFIER["model"] = clf
     return _ACT_CLASSIFIER["model"]
+
+
+class DialogueSettings(BaseModel):
+    """`eval` settings of the dailydialog bench (`--bench-arg instruction_mode=gold`): which instruction a
+    context-instruct model answers, its own (self), the templated gold one, or another turn's (shuffled)."""
+    model_config = ConfigDict(extra="forbid")
+    instruction_mode: Literal["self", "gold", "shuffled"] = "self"
+
+
+DIALOGUE_HEADLINE = (("BLEU-1", "bleu-1", "{:.1f}"), ("BLEU-2", "bleu-2", "{:.1f}"), ("BLEU-4", "bleu-4", "{:.1f}"),
+                     ("ROUGE-L", "rougeL", "{:.3f}"), ("unigram F1", "unigram_f1", "{:.3f}"),
+                     ("distinct-2", "distinct-2", "{:.3f}"))
 
 
 def evaluate_dialogue(model, tok, bench, *, label: str, batch_size: int = 16, max_new_tokens=None, method=None,

@@ -16,7 +16,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from .. import atomic, methods, models, report
 from ..config import TrainConfig, build, from_preset
 from ..evaluate import evaluate_model, load_bench
-from ..judges import keyword_judge
 from ..stats import paired_differences
 from ..scenario import DemoDir, check_arm_names
 from ..train import MODEL_DIR
@@ -64,16 +63,15 @@ def run_dialogue_demo(cfg: DialogueDemoConfig, output_dir: str | Path, show_prog
     demo_dir.claim_arms([out / name for name in trained_arms(cfg)])
     t0, timings, compute = time.perf_counter(), {}, {}
     bench = load_bench("dailydialog", cfg.data_dir, limit=cfg.turns)
-    judge = keyword_judge("gcg", cfg.data_dir)  # unused by this bench; evaluate_model's signature wants one
     generations: list[dict] = []
     results: dict = {}
 
     def score(label: str, model, tok, method, mode: str = "self"):
         t = time.perf_counter()
-        entry, rows = evaluate_model(model, tok, label, [bench], judge, max_new_tokens=cfg.max_new_tokens, batch_size=16,
+        entry, rows = evaluate_model(model, tok, label, [bench], max_new_tokens=cfg.max_new_tokens, batch_size=16,
                                      show_progress=show_progress,
-                                     context={"method": method, "data_dir": cfg.data_dir, "seed": cfg.seed,
-                                              "instruction_mode": mode})
+                                     context={"method": method, "data_dir": cfg.data_dir, "seed": cfg.seed},
+                                     settings={"dialogue": {"instruction_mode": mode}})
         timings[f"eval {label}"] = round(time.perf_counter() - t, 1)
         generations.extend(rows)
         results[label] = entry["benchmarks"][bench.name]

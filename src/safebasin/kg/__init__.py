@@ -8,8 +8,8 @@ before any registry lookup.
 from ..scenario import register_scenario
 from ..evaluate import register_bench_kind
 from . import data, methods  # noqa: F401  (registration on import)
-from .bench import evaluate_kg
+from .bench import KG_HEADLINE, KGSettings, evaluate_kg
 
-register_bench_kind("kg", evaluate_kg)
+register_bench_kind("kg", evaluate_kg, settings=KGSettings, headline=KG_HEADLINE)
 
 register_scenario("kg", "safebasin.kg.demo", "kg_config", "run_kg_demo")

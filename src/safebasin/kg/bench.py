@@ -13,6 +13,7 @@ OpenDialKG graph, so retrieval here is easier than in the paper.
 import random
 
 import torch
+from pydantic import BaseModel, ConfigDict
 from transformers import GenerationConfig
 
 from ..generate import HFBackend
@@ -104,6 +105,18 @@ def generate(model, tok, rows: list[dict], triples: list[list], source: str, max
 
 def kg_data_facts(triples: list) -> list[tuple]:
     return sorted({kg_data.canonical(t) for t in triples})
+
+
+class KGSettings(BaseModel):
+    """`eval` settings of the opendialkg benches (`--bench-arg counterfactual=false`): whether to run the
+    counterfactual test (the facts shown swapped; costs a second generation pass)."""
+    model_config = ConfigDict(extra="forbid")
+    counterfactual: bool = True
+
+
+KG_HEADLINE = (("knowledge F1", "knowledge_f1", "{:.3f}"), ("entity F1", "entity_f1", "{:.3f}"),
+               ("MRR", "retrieval.mrr", "{:.3f}"), ("unigram F1", "unigram_f1", "{:.3f}"), ("ROUGE-L", "rougeL", "{:.3f}"),
+               ("BLEU-4", "bleu-4", "{:.1f}"))
 
 
 def evaluate_kg(model, tok, bench, *, label: str, batch_size: int = 16, max_new_tokens=None, method=None, seed: int = 0,

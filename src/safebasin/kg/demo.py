@@ -17,7 +17,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from .. import atomic, methods, report
 from ..config import TrainConfig, build, from_preset
 from ..evaluate import evaluate_model, load_bench
-from ..judges import keyword_judge
 from ..stats import paired_differences
 from ..scenario import DemoDir, arm_dir_name, check_arm_names
 from ..train import MODEL_DIR
@@ -84,7 +83,6 @@ def run_kg_demo(cfg: KGDemoConfig, output_dir: str | Path, show_progress: bool =
     demo_dir.claim_arms([out / arm_dir_name(name) for name in cfg.arms])
     t0, timings, compute, results, generations = time.perf_counter(), {}, {}, {}, []
     bench = load_bench(cfg.bench, cfg.data_dir, limit=cfg.turns)
-    judge = keyword_judge("gcg", cfg.data_dir)  # unused by this bench; evaluate_model's signature wants one
     common = dict(model=cfg.model, data="opendialkg", data_dir=cfg.data_dir, seed=cfg.seed, steps=cfg.steps,
                   batch_size=cfg.batch_size, max_seq_len=cfg.max_seq_len, max_examples=cfg.train_rows, heldout_size=16,
                   lr=cfg.lr, schedule="constant", filter_safety=False)
@@ -101,7 +99,7 @@ def run_kg_demo(cfg: KGDemoConfig, output_dir: str | Path, show_progress: bool =
         compute[name] = {"tokens": s["tokens"], "seconds": s["seconds"], "steps": s["steps"]}
         model, tok, _ = methods.load_model_folder(run / MODEL_DIR)
         t = time.perf_counter()
-        entry, rows = evaluate_model(model, tok, name, [bench], judge, max_new_tokens=cfg.max_new_tokens, batch_size=16,
+        entry, rows = evaluate_model(model, tok, name, [bench], max_new_tokens=cfg.max_new_tokens, batch_size=16,
                                      show_progress=show_progress,
                                      context={"method": methods.get(tc.method)(tc), "data_dir": cfg.data_dir, "seed": cfg.seed})
         timings[f"eval {name}"] = round(time.perf_counter() - t, 1)
