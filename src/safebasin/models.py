@@ -268,6 +268,7 @@ def load(spec: str, *, dtype=torch.float32, chat_template: str | None = None,
     source = resolve(spec)
     if Path(source).is_dir():
         _check_safetensors(Path(source), allow_pickle)
+    check_decoder_only(source, spec, trust_remote_code)
     tok = load_tokenizer(source, chat_template, trust_remote_code)
     try:
         model = AutoModelForCausalLM.from_pretrained(
@@ -278,6 +279,20 @@ def load(spec: str, *, dtype=torch.float32, chat_template: str | None = None,
         raise UserError(f"model {spec!r}: cannot load the weights: {type(e).__name__}: {first}") from None
     model.eval()
     return model, tok
+
+
+def check_decoder_only(source: str, spec: str, trust_remote_code: bool = False) -> None:
+    """An encoder-decoder model (T5, BART) is refused in one line naming what was found, before the tokenizer asks
+    for a chat template it would not need and the causal-LM loader fails with a class error."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
+    except Exception:  # no local config (a Hub id offline, a broken dir): the loaders below name the problem
+        return
+    if getattr(config, "is_encoder_decoder", False):
+        raise UserError(f"model {spec!r}: {type(config).__name__} (model_type {config.model_type!r}) is an encoder-decoder "
+                        "model; safebasin trains and scores decoder-only causal LMs (docs/kg.md says why SURGE uses one)")
 
 
 def eval_placement() -> tuple[torch.device, torch.dtype]:
