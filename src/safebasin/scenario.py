@@ -10,6 +10,7 @@ disk means the demo finished.
 import importlib
 import json
 import re
+import time
 from pathlib import Path
 from typing import NamedTuple
 
@@ -71,6 +72,12 @@ class DemoDir:
         self.path, self.scenario, self.overwrite, self.config = Path(path), scenario, overwrite, config
         self.marker = self._claim()
         atomic.write_yaml(self.path / CONFIG, config)
+        # the arm loop's bookkeeping, the same in every scenario: seconds per stage, each trained arm's compute, and
+        # every scored row (generations.jsonl)
+        self.timings: dict[str, float] = {}
+        self.compute: dict[str, dict] = {}
+        self.generations: list[dict] = []
+        self._started = time.perf_counter()
 
     def _claim(self) -> dict:
         out = self.path
@@ -134,6 +141,36 @@ class DemoDir:
         if Path(tc.output_dir).name not in self.marker["arms"]:
             raise ValueError(f"{tc.output_dir}: not claimed by claim_arms")
         return train_arm(tc, show_progress=show_progress)
+
+    def train_and_load(self, name: str, tc, show_progress: bool = True):
+        """One arm: train it (or keep its finished run), timed, its compute recorded; then (model, tokenizer, method)
+        loaded from the run's model/, ready to score."""
+        from . import methods
+        from .train import MODEL_DIR
+
+        t = time.perf_counter()
+        run = self.train_arm(tc, show_progress=show_progress)
+        self.timings[f"train {name}"] = round(time.perf_counter() - t, 1)
+        s = json.loads((run / "train_summary.json").read_text())
+        self.compute[name] = {"tokens": s["tokens"], "seconds": s["seconds"], "steps": s["steps"]}
+        model, tok, _ = methods.load_model_folder(run / MODEL_DIR)
+        return model, tok, methods.get(tc.method)(tc)
+
+    def score(self, label: str, model, tok, benches: list, **evaluate_kw) -> dict:
+        """One model scored through the one harness (`evaluate.evaluate_model`), timed; its rows join
+        generations.jsonl. Returns its eval entry (benchmarks, utility)."""
+        from .evaluate import evaluate_model
+
+        t = time.perf_counter()
+        entry, rows = evaluate_model(model, tok, label, benches, **evaluate_kw)
+        self.timings[f"eval {label}"] = round(time.perf_counter() - t, 1)
+        self.generations += rows
+        return entry
+
+    def stop_clock(self) -> dict[str, float]:
+        """The timings with the total so far: what a summary records."""
+        self.timings["total"] = round(time.perf_counter() - self._started, 1)
+        return self.timings
 
     def finish(self, summary: dict, generations: list[dict], write_report) -> dict:
         """generations.jsonl, then the report (and its plots), then summary.json: the last file says it finished."""

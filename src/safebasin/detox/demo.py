@@ -5,8 +5,8 @@ non-toxic half), and is scored on the first N challenging prompts with the same 
 sampling, the same offline toxicity scorer and the same fluency model (the base LM).
 """
 
+import html
 import logging
-import time
 from pathlib import Path
 from typing import Literal
 
@@ -15,10 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from .. import atomic, methods, models, report
 from . import metrics
 from ..config import TrainConfig, build, from_preset
-from ..evaluate import evaluate_model, load_bench
+from ..evaluate import load_bench
 from ..stats import paired_bootstrap_diff
 from ..scenario import DemoDir, check_arm_names
-from ..train import MODEL_DIR
 
 log = logging.getLogger(__name__)
 
@@ -86,39 +85,30 @@ def run_detox_demo(cfg: DetoxDemoConfig, output_dir: str | Path, show_progress: 
     demo_dir = DemoDir(output_dir, "detox", cfg.model_dump(mode="json"), overwrite)
     out = demo_dir.path
     demo_dir.claim_arms([out / name for name in arms(cfg)])
-    t0, timings = time.perf_counter(), {}
     bench = load_bench("rtp-toxic", cfg.data_dir, limit=cfg.prompts)  # fixed before any training
     base_model, _ = models.load(cfg.model)
     context = {"seed": cfg.seed, "data_dir": cfg.data_dir, "reference": None, "cache": {cfg.model: base_model.eval()}}
 
     def score(label: str, model, tok, method) -> dict:
-        t = time.perf_counter()
-        entry, rows = evaluate_model(model, tok, label, [bench], max_new_tokens=cfg.max_new_tokens, batch_size=16,
-                                     show_progress=show_progress, context=context | {"method": method, "reference": cfg.model},
-                                     settings={"toxicity": {"samples": cfg.samples, "top_p": cfg.top_p,
-                                                            "steer_alpha": cfg.steer_alpha if method.name == "adlm" else None}})
-        timings[f"eval {label}"] = round(time.perf_counter() - t, 1)
-        generations.extend(rows)
+        entry = demo_dir.score(label, model, tok, [bench], max_new_tokens=cfg.max_new_tokens, batch_size=16,
+                               show_progress=show_progress, context=context | {"method": method, "reference": cfg.model},
+                               settings={"toxicity": {"samples": cfg.samples, "top_p": cfg.top_p,
+                                                      "steer_alpha": cfg.steer_alpha if method.name == "adlm" else None}})
         return entry["benchmarks"][bench.name]
 
-    generations: list[dict] = []
     _, tok = models.load(cfg.model)
     results = {"base": score("base", base_model, tok, methods.Method(None))}
     configs = {"base": {"model": cfg.model}}
     for name, values in arms(cfg).items():
-        t = time.perf_counter()
         tc = build(TrainConfig, values | {"output_dir": str(out / name)}, f"detox arm {name}")
-        run = demo_dir.train_arm(tc, show_progress=show_progress)
-        timings[f"train {name}"] = round(time.perf_counter() - t, 1)
-        model, tok, _ = methods.load_model_folder(run / MODEL_DIR)
-        results[name] = score(name, model, tok, methods.get(tc.method)(tc))
+        model, tok, method = demo_dir.train_and_load(name, tc, show_progress)
+        results[name] = score(name, model, tok, method)
         configs[name] = tc.model_dump(mode="json")
         del model
-    timings["total"] = round(time.perf_counter() - t0, 1)
-    summary = make_summary(cfg, results, configs, timings, bench.source)
-    for name, diff in differences_vs_base(generations, results["base"]["scorer"], cfg.seed).items():
+    summary = make_summary(cfg, results, configs, demo_dir.stop_clock(), bench.source)
+    for name, diff in differences_vs_base(demo_dir.generations, results["base"]["scorer"], cfg.seed).items():
         summary["arms"][name]["emt_diff_vs_base"] = diff
-    return demo_dir.finish(summary, generations, write_report)
+    return demo_dir.finish(summary, demo_dir.generations, write_report)
 
 
 def differences_vs_base(generations: list[dict], scorer: str, seed: int = 0) -> dict[str, dict]:
@@ -164,7 +154,7 @@ def write_report(out: Path, summary: dict, generations: list[dict], prompts_show
     report.write_png(out / "toxicity_vs_perplexity.png", png)
     table = report.table_html(summary["table"]["columns"], summary["table"]["rows"])
     sections = [("Results (lower toxicity is better; scorer: " + next(iter(arms_.values()))["scorer"] + ")", table),
-                ("What was scaled down", "<ul>" + "".join(f"<li>{report.html.escape(s)}</li>" for s in summary["scaled_down"])
+                ("What was scaled down", "<ul>" + "".join(f"<li>{html.escape(s)}</li>" for s in summary["scaled_down"])
                  + "</ul>")]
     first_scorer = next(k for k in generations[0] if k.startswith("toxicity:")) if generations else None
     for j in range(min(prompts_shown, summary["settings"]["prompts"])):

@@ -6,8 +6,6 @@ fine-tuning (`sft`), one fixed instruction (`fixed-instruct`), and per-turn inst
 instruction (an upper bound) and a shuffled one (a sanity check). Scored on the first N validation turns.
 """
 
-import json
-import time
 from pathlib import Path
 from typing import Literal
 
@@ -15,10 +13,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .. import atomic, methods, models, report
 from ..config import TrainConfig, build, from_preset
-from ..evaluate import evaluate_model, load_bench
+from ..evaluate import load_bench
 from ..stats import paired_differences
 from ..scenario import DemoDir, check_arm_names
-from ..train import MODEL_DIR
 
 
 class DialogueDemoConfig(BaseModel):
@@ -61,19 +58,14 @@ def run_dialogue_demo(cfg: DialogueDemoConfig, output_dir: str | Path, show_prog
     demo_dir = DemoDir(output_dir, "dialogue", cfg.model_dump(mode="json"), overwrite)
     out = demo_dir.path
     demo_dir.claim_arms([out / name for name in trained_arms(cfg)])
-    t0, timings, compute = time.perf_counter(), {}, {}
     bench = load_bench("dailydialog", cfg.data_dir, limit=cfg.turns)
-    generations: list[dict] = []
     results: dict = {}
 
     def score(label: str, model, tok, method, mode: str = "self"):
-        t = time.perf_counter()
-        entry, rows = evaluate_model(model, tok, label, [bench], max_new_tokens=cfg.max_new_tokens, batch_size=16,
-                                     show_progress=show_progress,
-                                     context={"method": method, "data_dir": cfg.data_dir, "seed": cfg.seed},
-                                     settings={"dialogue": {"instruction_mode": mode}})
-        timings[f"eval {label}"] = round(time.perf_counter() - t, 1)
-        generations.extend(rows)
+        entry = demo_dir.score(label, model, tok, [bench], max_new_tokens=cfg.max_new_tokens, batch_size=16,
+                               show_progress=show_progress,
+                               context={"method": method, "data_dir": cfg.data_dir, "seed": cfg.seed},
+                               settings={"dialogue": {"instruction_mode": mode}})
         results[label] = entry["benchmarks"][bench.name]
 
     base, tok = models.load(cfg.model)
@@ -82,20 +74,14 @@ def run_dialogue_demo(cfg: DialogueDemoConfig, output_dir: str | Path, show_prog
                   batch_size=cfg.batch_size, max_seq_len=cfg.max_seq_len, max_examples=cfg.train_rows, heldout_size=16,
                   lr=cfg.lr, schedule="constant", filter_safety=False)
     for name, extra in trained_arms(cfg).items():
-        t = time.perf_counter()
         tc = build(TrainConfig, common | extra | {"output_dir": str(out / name)}, f"dialogue arm {name}")
-        run = demo_dir.train_arm(tc, show_progress=show_progress)
-        timings[f"train {name}"] = round(time.perf_counter() - t, 1)
-        s = json.loads((run / "train_summary.json").read_text())
-        compute[name] = {"tokens": s["tokens"], "seconds": s["seconds"], "steps": s["steps"]}
-        model, tok, _ = methods.load_model_folder(run / MODEL_DIR)
-        method = methods.get(tc.method)(tc)
+        model, tok, method = demo_dir.train_and_load(name, tc, show_progress)
         score(name, model, tok, method)
         if name == "context-instruct":
             score("context-instruct + gold instruction", model, tok, method, "gold")
             score("context-instruct + shuffled instruction", model, tok, method, "shuffled")
-    timings["total"] = round(time.perf_counter() - t0, 1)
-    return demo_dir.finish(make_summary(cfg, results, compute, timings, generations), generations, write_report)
+    summary = make_summary(cfg, results, demo_dir.compute, demo_dir.stop_clock(), demo_dir.generations)
+    return demo_dir.finish(summary, demo_dir.generations, write_report)
 
 
 def make_summary(cfg, results: dict, compute: dict, timings: dict, generations: list[dict]) -> dict:

@@ -7,19 +7,16 @@ that have a gold path. The KG is the union of the annotated paths: it has far fe
 the real one, and the report says so beside every number.
 """
 
-import json
-import time
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .. import atomic, methods, report
+from .. import atomic, report
 from ..config import TrainConfig, build, from_preset
-from ..evaluate import evaluate_model, load_bench
+from ..evaluate import load_bench
 from ..stats import paired_differences
 from ..scenario import DemoDir, arm_dir_name, check_arm_names
-from ..train import MODEL_DIR
 from .bench import KG_NOTE
 
 ARMS = {  # name -> (method, method_args)
@@ -81,7 +78,7 @@ def run_kg_demo(cfg: KGDemoConfig, output_dir: str | Path, show_progress: bool =
     demo_dir = DemoDir(output_dir, "kg", cfg.model_dump(mode="json"), overwrite)
     out = demo_dir.path
     demo_dir.claim_arms([out / arm_dir_name(name) for name in cfg.arms])
-    t0, timings, compute, results, generations = time.perf_counter(), {}, {}, {}, []
+    results = {}
     bench = load_bench(cfg.bench, cfg.data_dir, limit=cfg.turns)
     common = dict(model=cfg.model, data="opendialkg", data_dir=cfg.data_dir, seed=cfg.seed, steps=cfg.steps,
                   batch_size=cfg.batch_size, max_seq_len=cfg.max_seq_len, max_examples=cfg.train_rows, heldout_size=16,
@@ -90,23 +87,15 @@ def run_kg_demo(cfg: KGDemoConfig, output_dir: str | Path, show_progress: bool =
         method, args = ARMS[name]
         if method == "surge":
             args = {"k_subgraphs": cfg.k_subgraphs} | cfg.surge | args
-        t = time.perf_counter()
         tc = build(TrainConfig, common | {"method": method, "method_args": args,
                                           "output_dir": str(out / arm_dir_name(name))}, f"kg arm {name}")
-        run = demo_dir.train_arm(tc, show_progress=show_progress)
-        timings[f"train {name}"] = round(time.perf_counter() - t, 1)
-        s = json.loads((run / "train_summary.json").read_text())
-        compute[name] = {"tokens": s["tokens"], "seconds": s["seconds"], "steps": s["steps"]}
-        model, tok, _ = methods.load_model_folder(run / MODEL_DIR)
-        t = time.perf_counter()
-        entry, rows = evaluate_model(model, tok, name, [bench], max_new_tokens=cfg.max_new_tokens, batch_size=16,
-                                     show_progress=show_progress,
-                                     context={"method": methods.get(tc.method)(tc), "data_dir": cfg.data_dir, "seed": cfg.seed})
-        timings[f"eval {name}"] = round(time.perf_counter() - t, 1)
-        results[name] = entry["benchmarks"][bench.name]
-        generations += rows
-    timings["total"] = round(time.perf_counter() - t0, 1)
-    return demo_dir.finish(make_summary(cfg, results, compute, timings, generations), generations, write_report)
+        model, tok, method_ = demo_dir.train_and_load(name, tc, show_progress)
+        results[name] = demo_dir.score(name, model, tok, [bench], max_new_tokens=cfg.max_new_tokens, batch_size=16,
+                                       show_progress=show_progress,
+                                       context={"method": method_, "data_dir": cfg.data_dir, "seed": cfg.seed}
+                                       )["benchmarks"][bench.name]
+    summary = make_summary(cfg, results, demo_dir.compute, demo_dir.stop_clock(), demo_dir.generations)
+    return demo_dir.finish(summary, demo_dir.generations, write_report)
 
 
 def _ci(r: dict, key: str) -> str:
