@@ -71,7 +71,7 @@ def test_a_system_registers_without_importing_another_system_or_the_safety_scena
 
 
 SMALL = {  # each system's scenario at its smallest: the harness's bookkeeping is what is tested, not the numbers
-    "kg": "arms: ['no knowledge', 'SURGE']\nturns: 2\nsteps: 1\nbatch_size: 2\ntrain_rows: 16\nmax_new_tokens: 2\nmax_seq_len: 96\n",
+    "kg": "arms: ['no knowledge', 'all facts']\nturns: 2\nsteps: 1\nbatch_size: 2\ntrain_rows: 16\nmax_new_tokens: 2\nmax_seq_len: 256\n",
     "dialogue": "turns: 2\nsteps: 1\nbatch_size: 2\ntrain_rows: 16\nmax_new_tokens: 2\nmax_seq_len: 64\nbaselines: []\n",
     "detox": "prompts: 2\nsamples: 1\nmax_new_tokens: 2\nsteps: 1\nbatch_size: 2\ntrain_rows: 16\nbaselines: []\n"
              "fluent_arms: {}\n",
