@@ -95,3 +95,25 @@ def test_every_systems_scenario_runs_through_the_one_harness(name, tiny_model_di
     rows = [json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines()]
     assert {r["model"] for r in rows} >= set(trained)
     assert summary["table"]["rows"], summary["table"]
+
+
+def test_the_core_imports_no_system():
+    """Systems import the core, never the other way round: no top-level module but the CLI (the one boundary that
+    dispatches commands) imports `safety`, `detox`, `dialogue` or `kg`, even inside a function (issue #35)."""
+    import ast
+    from pathlib import Path
+
+    import safebasin
+
+    systems = {"safety", "detox", "dialogue", "kg"}
+    found = []
+    for path in sorted(Path(safebasin.__file__).parent.glob("*.py")):
+        if path.name == "cli.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                names = [node.module] if node.module else [a.name for a in node.names]
+                found += [f"{path.name}: {n}" for n in names if n.split(".")[0] in systems]
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("safebasin."):
+                found += [f"{path.name}: {node.module}"] if node.module.split(".")[1] in systems else []
+    assert found == []

@@ -232,16 +232,12 @@ def print_eval_table(results: dict) -> None:
         out.print(table)
     for kind, rows in systems.items():
         print_system_table(kind, rows)
-    for label, entry in results["models"].items():  # the broad panel's headline: worst set and macro mean, per half
-        for half in ("all", "choose", "check"):
-            block = entry.get("panel", {}).get(half)
-            for what in ("harmful", "over_refusal") if block else ():
-                h = block[what]
-                if h:
-                    out.print(f"{label} panel {entry['panel']['split']} {half}: {what.replace('_', '-')} worst set "
-                              f"{h['worst_set']} {h['worst_rate']:.1%} ({h['worst_ci'][0]:.0%}-{h['worst_ci'][1]:.0%}), "
-                              f"macro mean over {h['n_sets']} sets {h['macro_mean']:.1%} "
-                              f"({h['macro_ci'][0]:.0%}-{h['macro_ci'][1]:.0%})", highlight=False, markup=False)
+    from .evaluate import SUITES
+
+    for label, entry in results["models"].items():  # a suite's own lines (the panel: worst set and macro mean per half)
+        for suite in SUITES.values():
+            for line in suite.describe(entry):
+                out.print(f"{label} {line}", highlight=False, markup=False)
     for w in warnings:
         say(w, tag="warning", style="yellow")
 

@@ -25,7 +25,6 @@ from .errors import UserError
 from .formats import NA
 from .generate import HFBackend, VLLMBackend, pick_backend
 from .registry import Registry
-from .safety import panel  # system 1's bench suite, read here until bench kinds register their own aggregates
 from .judges import KeywordJudge, LLMJudge, breakdown, classifier_rate, degenerate, keyword_judge, llm_rate, rate
 
 log = logging.getLogger(__name__)
@@ -315,6 +314,36 @@ register_bench_kind("harmful", score_prompts, title="harmful prompts (lower is s
 register_bench_kind("over-refusal", score_prompts, title="benign prompts (refusing is the failure)", needs_judge=True)
 
 
+@dataclass(frozen=True)
+class BenchSuite:
+    """A name that stands for several benches and adds numbers over them (system 1's `panel`: its sets, then the
+    worst set and macro mean per half). `matches(spec)`: the spec is this suite's; `expand(spec)`: its bench names
+    (an unknown form raises its one line); `summarize(spec, benchmarks, rows, seed, judge2) -> dict`: keys added to
+    each model's entry in eval.json; `describe(entry) -> lines` for the CLI."""
+    matches: Callable[[str], bool]
+    expand: Callable[[str], list[str]]
+    summarize: Callable
+    describe: Callable[[dict], list[str]] = lambda entry: []
+
+
+SUITES: Registry[BenchSuite] = Registry("bench suite")
+
+
+def register_bench_suite(name: str, suite: BenchSuite) -> None:
+    SUITES.register(name, suite)
+
+
+def suite_of(spec: str) -> BenchSuite | None:
+    return next((s for s in SUITES.values() if s.matches(spec)), None)
+
+
+def expand_benches(specs: list[str]) -> tuple[list[str], list[str]]:
+    """(the bench names, the suite specs among `specs`): a suite's sets in its order, each bench once."""
+    suites = [b for b in specs if suite_of(b)]
+    names = [n for b in specs for n in (suite_of(b).expand(b) if suite_of(b) else [b])]
+    return list(dict.fromkeys(names)), suites
+
+
 def bench_settings(kinds: list[str], args: dict) -> dict[str, dict]:
     """Each kind's own settings from `--bench-arg KEY=VALUE` (a value as typed: its kind's model converts it): a key
     that no bench kind of this eval takes, or a value its kind refuses, is one line, before any generation."""
@@ -407,8 +436,7 @@ def evaluate(spec: str, benches: list[str], output_dir: str | Path, *, utility: 
     check_eval_settings(out, limit=limit, sample=sample, max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed)
     bench_args = {k: v for k, v in bench_args.items() if v is not None}
     backend = pick_backend(backend)
-    panels = [b for b in benches if panel.is_panel(b)]  # --bench panel[:choose|:check]: its sets, then its numbers
-    benches = list(dict.fromkeys(n for b in benches for n in (panel.expand(b) if panel.is_panel(b) else [b])))
+    benches, panels = expand_benches(benches)  # --bench panel[:choose|:check]: a suite's sets, then its numbers
     loaded = [load_bench(b, data_dir, prompt_field, category_field, limit, sample, seed) for b in benches]
     kind_settings = bench_settings([b.kind for b in loaded], bench_args)
     # the keyword judge only where a kind is scored by it: a toxicity or dialogue eval needs no refusal list
@@ -445,11 +473,8 @@ def evaluate(spec: str, benches: list[str], output_dir: str | Path, *, utility: 
         finally:
             if generator is not None:
                 generator.close()
-        if panels:
-            entry["panel"] = panel.summarize(entry["benchmarks"], panel.verdicts_of(rows), panel.parse(panels[0])[0], seed)
-            if judge2 is not None:  # the second judge scores the panel's harmful sets the same way, set by set
-                entry["panel_second_judge"] = panel.summarize_second_judge(entry["benchmarks"], rows,
-                                                                            panel.parse(panels[0])[0], seed)
+        for spec in dict.fromkeys(panels):
+            entry |= suite_of(spec).summarize(spec, entry["benchmarks"], rows, seed, judge2)
         results["models"][label] = {"model": source, **entry}
         generations += rows
         del model

@@ -24,7 +24,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from . import atomic, data
 from .config import TrainConfig, build, read_yaml
 from .errors import Interrupted, UserError
-from .safety import panel
 from .store import STORE_FILE, Store, config_hash, eval_metrics
 
 log = logging.getLogger(__name__)
@@ -233,9 +232,11 @@ def check_sweep(cfg: SweepConfig, backend: str) -> list[tuple[str, TrainConfig]]
 
     if not cfg.eval.benches:
         raise UserError("eval.benches: give at least one bench")
+    from .evaluate import suite_of
+
     for bench in cfg.eval.benches:
-        if panel.is_panel(bench):  # the safety panel (or one half): its sets, then its worst-set and macro numbers
-            panel.expand(bench)
+        if suite_of(bench):  # a suite (the safety panel or one half): its sets, then its own numbers
+            suite_of(bench).expand(bench)
             continue
         named_or_file(bench, data.BENCH_SETS, "eval.benches", "bench")
     named_or_file(cfg.eval.refusal_list, REFUSAL_LISTS, "eval.refusal_list", "refusal list")

@@ -2,6 +2,10 @@
 start (`align`), its scenario (`demo`: `safebasin demo`, registered here like every system's), the basin plot
 (`basin`), the sweep analysis (`sweep_analysis`) and the method comparison (`compare`)."""
 
+from ..evaluate import BenchSuite, register_bench_suite
 from ..scenario import register_scenario
+from . import panel
 
 register_scenario("safety", "safebasin.safety.demo", "demo_config", "run_demo", output_dir="runs/demo")
+register_bench_suite("panel", BenchSuite(matches=panel.is_panel, expand=panel.expand, summarize=panel.summarize_entry,
+                                         describe=panel.describe))

@@ -174,3 +174,28 @@ def verdicts_of(rows: list[dict]) -> dict[str, list[bool]]:
         if "harmful" in row:
             out.setdefault(row["benchmark"], []).append(row["harmful"])
     return out
+
+
+def summarize_entry(spec: str, benchmarks: dict, rows: list[dict], seed: int = 0, judge2=None) -> dict:
+    """What `eval --bench panel...` adds to a model's eval.json entry: `panel`, and with a second judge
+    `panel_second_judge` (the same numbers by that judge)."""
+    split = parse(spec)[0]
+    out = {"panel": summarize(benchmarks, verdicts_of(rows), split, seed)}
+    if judge2 is not None:  # the second judge scores the panel's harmful sets the same way, set by set
+        out["panel_second_judge"] = summarize_second_judge(benchmarks, rows, split, seed)
+    return out
+
+
+def describe(entry: dict) -> list[str]:
+    """The CLI's lines for a model's panel: per half, the worst set and the macro mean, with their CIs."""
+    lines = []
+    for half in ("all", "choose", "check"):
+        block = entry.get("panel", {}).get(half)
+        for what in ("harmful", "over_refusal") if block else ():
+            h = block[what]
+            if h:
+                lines.append(f"panel {entry['panel']['split']} {half}: {what.replace('_', '-')} worst set "
+                             f"{h['worst_set']} {h['worst_rate']:.1%} ({h['worst_ci'][0]:.0%}-{h['worst_ci'][1]:.0%}), "
+                             f"macro mean over {h['n_sets']} sets {h['macro_mean']:.1%} "
+                             f"({h['macro_ci'][0]:.0%}-{h['macro_ci'][1]:.0%})")
+    return lines
