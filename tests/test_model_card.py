@@ -134,3 +134,11 @@ def test_card_writes_are_atomic_and_a_broken_card_is_left_alone(run, data_dir, m
     monkeypatch.setattr(model_card.atomic, "write_text", lambda p, text: seen.append(p) or real(p, text))
     model_card.write(run)
     assert seen == [path] and _front(path.read_text())["base_model"]  # rebuilt from config.yaml and the summary
+
+
+def test_a_run_evaluated_on_the_panel_still_gets_its_card(run, data_dir):
+    """`eval RUN --bench panel:...` once lost the card: the suite loop rebound the name of the model being scored."""
+    evaluate(str(run), ["panel:check"], run / "eval-panel", sample=1, max_new_tokens=2, data_dir=str(data_dir),
+             show_progress=False)
+    names = {name for name, _ in _results(_front((run / "model" / "README.md").read_text()))}
+    assert {"jbb", "Q-Harm", "I-CoNa", "I-Controversial"} <= names

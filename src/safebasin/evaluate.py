@@ -339,9 +339,9 @@ def suite_of(spec: str) -> BenchSuite | None:
 
 def expand_benches(specs: list[str]) -> tuple[list[str], list[str]]:
     """(the bench names, the suite specs among `specs`): a suite's sets in its order, each bench once."""
-    suites = [b for b in specs if suite_of(b)]
-    names = [n for b in specs for n in (suite_of(b).expand(b) if suite_of(b) else [b])]
-    return list(dict.fromkeys(names)), suites
+    found = [(b, suite_of(b)) for b in specs]
+    names = [n for b, s in found for n in (s.expand(b) if s else [b])]
+    return list(dict.fromkeys(names)), [b for b, s in found if s]
 
 
 def bench_settings(kinds: list[str], args: dict) -> dict[str, dict]:
@@ -473,8 +473,10 @@ def evaluate(spec: str, benches: list[str], output_dir: str | Path, *, utility: 
         finally:
             if generator is not None:
                 generator.close()
-        for spec in dict.fromkeys(panels):
-            entry |= suite_of(spec).summarize(spec, entry["benchmarks"], rows, seed, judge2)
+        # each suite once, by the first spec that named it (panel:choose and panel:check share one summary); the
+        # loop variable must not be `spec`, the model evaluated
+        for suite_spec in {suite_of(p): p for p in reversed(panels)}.values():
+            entry |= suite_of(suite_spec).summarize(suite_spec, entry["benchmarks"], rows, seed, judge2)
         results["models"][label] = {"model": source, **entry}
         generations += rows
         del model
