@@ -429,15 +429,13 @@ def align(
 ):
     """Align a base model: instruction data with safety refusals mixed in, every row kept apart (by prompt and
     near-duplicates) from every scored prompt. The aligned model is OUTPUT_DIR/run/model."""
-    from .config import build, read_yaml
+    from .config import layered
     from .safety.align import AlignConfig, aligned_model
     from .safety.align import align as align_model
 
-    values = read_yaml(config) if config else {}
-    values |= {k: v for k, v in {"model": model, "data_dir": data_dir, "benign": benign, "safety": safety, "rows": rows,
-                                 "safety_fraction": safety_fraction, "lr": lr, "batch_size": batch_size,
-                                 "max_seq_len": max_seq_len, "seed": seed}.items() if v is not None}
-    cfg = build(AlignConfig, values, str(config) if config else "align options")
+    flags = {"model": model, "data_dir": data_dir, "benign": benign, "safety": safety, "rows": rows,
+             "safety_fraction": safety_fraction, "lr": lr, "batch_size": batch_size, "max_seq_len": max_seq_len, "seed": seed}
+    cfg = layered(AlignConfig, {}, config, flags, "align options")
     out_dir = align_model(cfg, output_dir, overwrite=overwrite)
     say(f"aligned model: {aligned_model(out_dir)}  (mix and what was kept apart: {out_dir / 'mix_manifest.json'})")
 

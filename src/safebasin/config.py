@@ -191,14 +191,20 @@ def build(cls, values: dict, source: str = "config"):
         raise UserError(f"{source}: invalid config: {e}") from None
 
 
-def from_preset(cls, presets: dict, preset: str, path: str | None = None, overrides: dict | None = None,
-                label: str = "demo"):
-    """A demo's config: the preset's values, then the YAML file's, then the command line's (None = not given), validated once."""
-    values = dict(presets[preset])
+def layered(cls, base: dict, path: str | Path | None, overrides: dict | None, source: str):
+    """Every config's layering: `base` (a preset, a recipe), then the YAML file's values, then the command line's
+    (None = not given), validated once; errors name the file, else `source`."""
+    values = dict(base)
     if path:
         values |= read_yaml(path)
     values |= {k: v for k, v in (overrides or {}).items() if v is not None}
-    return build(cls, values, path or f"{label} preset {preset!r}")
+    return build(cls, values, str(path) if path else source)
+
+
+def from_preset(cls, presets: dict, preset: str, path: str | None = None, overrides: dict | None = None,
+                label: str = "demo"):
+    """A demo's config: the preset's values under the YAML file and the command line."""
+    return layered(cls, presets[preset], path, overrides, f"{label} preset {preset!r}")
 
 
 RECIPES_DIR = Path(__file__).parent / "recipes"  # named recipes: validated YAML shipped in the wheel (docs/guidelines.md)
@@ -219,7 +225,5 @@ def recipe_values(name: str) -> dict:
 
 def load_train_config(path: str | Path | None = None, overrides: dict | None = None, recipe: str | None = None) -> TrainConfig:
     """A recipe first, then the YAML file, then non-None overrides (CLI flags) on top."""
-    values = recipe_values(recipe) if recipe else {}
-    values.update(read_yaml(path) if path else {})
-    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    return build(TrainConfig, values, str(path) if path else f"recipe {recipe}" if recipe else "config")
+    return layered(TrainConfig, recipe_values(recipe) if recipe else {}, path, overrides,
+                   f"recipe {recipe}" if recipe else "config")
