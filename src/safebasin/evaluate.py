@@ -255,7 +255,7 @@ def utility_split(spec: str, utility_data: str | None, ddir: str | None, seed: i
 @dataclass(frozen=True)
 class BenchKind:
     """A kind of bench, as a system declares it: how it is scored, the eval settings it takes, and the numbers its
-    table shows. `eval`, the CLI and the run report read these and know no kind by name.
+    table shows. `eval`, the CLI and the run report read these and know no system's kind by name.
 
     `score(model, tok, bench, *, label, batch_size, max_new_tokens, show_progress, generator, judge, judge2, seed,
     method, reference, data_dir, cache, **settings) -> (metrics, rows)`; a scorer takes what it needs and `**_`.

@@ -294,16 +294,17 @@ def sweep_report(sweep_dir: str | Path, max_harm_increase: float = 0.02, utility
         raise UserError(f"{sweep_dir}: neither a sweep dir (no {STORE_FILE}; run `safebasin sweep` first) "
                         "nor a `safebasin train` run dir (no config.yaml)")
     store = Store(sweep_dir / STORE_FILE)
-    if choose_on is not None and choose_on not in safety_benches(store):
-        scored = ", ".join(safety_benches(store)) or "none"
+    scored = safety_benches(store)
+    if choose_on is not None and choose_on not in scored:
         store.close()
-        raise UserError(f"{sweep_dir}: --choose-on {choose_on}: no trial was scored on it (scored: {scored})")
+        raise UserError(f"{sweep_dir}: --choose-on {choose_on}: no trial was scored on it (scored: {', '.join(scored) or 'none'})")
     points, baseline, bench = sweep_points(store, choose_on)
-    others = {b: sweep_points(store, b)[0] for b in safety_benches(store) if b != bench}  # the benches not chosen on
+    not_chosen = {b: sweep_points(store, b) for b in scored if b != bench}  # the benches not chosen on, read once
+    store.close()
+    others = {b: pts for b, (pts, _, _) in not_chosen.items()}
     check_bench = CHECKED_BY.get(bench)
     if check_bench:
-        checked(points, baseline, *sweep_points(store, check_bench)[:2])
-    store.close()
+        checked(points, baseline, *not_chosen.get(check_bench, ([], None, check_bench))[:2])
     label, higher = UTILITY[utility]
     if not points:
         raise UserError(f"{sweep_dir}: no finished trial has a {', '.join(m[2] for m in SAFETY_MEASURES.values())} "
