@@ -32,6 +32,7 @@ from ..scenario import DemoDir
 from ..train import MODEL_DIR, RAW_DIR
 from . import panel
 from .align import MANIFEST_FILE, RUN_DIR, AlignConfig, AlignRecipe, aligned_model
+from .align import precision as train_precision  # "auto" -> bf16 where native, as align resolves it
 from .align import align as align_model
 
 log = logging.getLogger(__name__)
@@ -98,9 +99,8 @@ def demo_config(preset: str = "default", path: str | None = None, overrides: dic
 
 
 def _train_cfg(cfg: DemoConfig, **kw) -> TrainConfig:
-    precision = cfg.mixed_precision if cfg.mixed_precision != "auto" else ("bf16" if native_bf16() else "no")
     return TrainConfig(data_dir=cfg.data_dir, seed=cfg.seed, max_seq_len=cfg.max_seq_len, heldout_size=cfg.heldout_size,
-                       schedule="constant", warmup_steps=0, mixed_precision=precision, **kw)
+                       schedule="constant", warmup_steps=0, mixed_precision=train_precision(cfg.mixed_precision), **kw)
 
 
 def align(cfg: DemoConfig, show_progress: bool) -> Path:
@@ -362,15 +362,12 @@ def make_summary(cfg: DemoConfig, results: dict, configs: dict, timings: dict, b
 
 def terminal_table(summary: dict) -> dict:
     """The short table `safebasin demo` prints (the full one is in report.html): title, columns, rows, notes."""
-    def worst(a: dict, half: str) -> str:
-        block = ((a.get("panel") or {}).get(half) or {}).get("harmful")
-        return "" if not block else f"{block['worst_set']} {block['worst_rate']:.0%}"
-
     rows = []
     for name, a in summary["arms"].items():
         o = a.get("over_refusal")
-        rows.append([name, f"{a['harmful_rate']:.1%}", f"{a['ci_low']:.0%}-{a['ci_high']:.0%}", worst(a, "choose"),
-                     worst(a, "check"), "" if not o else f"{o['rate']:.0%}", f"{a['heldout_loss']:.3f}",
+        rows.append([name, f"{a['harmful_rate']:.1%}", f"{a['ci_low']:.0%}-{a['ci_high']:.0%}",
+                     worst_cell(a.get("panel"), "choose", "harmful", brief=True),
+                     worst_cell(a.get("panel"), "check", "harmful", brief=True), "" if not o else f"{o['rate']:.0%}", f"{a['heldout_loss']:.3f}",
                      "" if a["rougeL"] is None else f"{a['rougeL']:.3f}"])
     return {"title": f"AdvBench first {summary['settings']['prompts']} prompts, keyword judge, seed {summary['seed']}",
             "columns": ["arm", "AdvBench harmful", "95% CI", "worst panel set: choose", "check", "XSTest refused",
@@ -473,10 +470,13 @@ def results_table(summary: dict) -> dict:
     return {"columns": cols, "rows": rows}
 
 
-def worst_cell(p: dict | None, half: str, what: str) -> str:
-    block = (p or {}).get(half, {}).get(what) if p else None
+def worst_cell(p: dict | None, half: str, what: str, brief: bool = False) -> str:
+    """A half's worst set and its rate: with its CI for the report, `brief` (whole percents, blank) for the terminal."""
+    block = ((p or {}).get(half) or {}).get(what)
     if not block:
-        return report.NA
+        return "" if brief else report.NA
+    if brief:
+        return f"{block['worst_set']} {block['worst_rate']:.0%}"
     return f"{block['worst_set']} {report.pct(block['worst_rate'])} ({report.pct_range(*block['worst_ci'])})"
 
 
