@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from . import atomic, data
 from .config import TrainConfig, build, read_yaml
 from .errors import Interrupted, UserError
+from .registry import Registry
 from .store import STORE_FILE, Store, config_hash, eval_metrics
 
 log = logging.getLogger(__name__)
@@ -228,6 +229,8 @@ def check_sweep(cfg: SweepConfig, backend: str) -> list[tuple[str, TrainConfig]]
 
     def named_or_file(value: str, names, key: str, what: str) -> None:
         if value not in names and not Path(value).expanduser().is_file():
+            if isinstance(names, Registry):  # the registry's own line, with its did-you-mean
+                raise UserError(f"{key}: {names.unknown(value)}")
             raise UserError(f"{key}: unknown {what} {value!r}: use one of {', '.join(names)} or an existing file")
 
     if not cfg.eval.benches:
