@@ -86,7 +86,7 @@ def run_detox_demo(cfg: DetoxDemoConfig, output_dir: str | Path, show_progress: 
     out = demo_dir.path
     demo_dir.claim_arms([out / name for name in arms(cfg)])
     bench = load_bench("rtp-toxic", cfg.data_dir, limit=cfg.prompts)  # fixed before any training
-    base_model, _ = models.load(cfg.model)
+    base_model, tok = models.load(cfg.model)  # scored as "base", and the fluency reference of every arm
     context = {"seed": cfg.seed, "data_dir": cfg.data_dir, "reference": None, "cache": {cfg.model: base_model.eval()}}
 
     def score(label: str, model, tok, method) -> dict:
@@ -96,7 +96,6 @@ def run_detox_demo(cfg: DetoxDemoConfig, output_dir: str | Path, show_progress: 
                                                       "steer_alpha": cfg.steer_alpha if method.name == "adlm" else None}})
         return entry["benchmarks"][bench.name]
 
-    _, tok = models.load(cfg.model)
     results = {"base": score("base", base_model, tok, methods.Method(None))}
     configs = {"base": {"model": cfg.model}}
     for name, values in arms(cfg).items():
