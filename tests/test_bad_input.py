@@ -12,8 +12,8 @@ import sys
 
 import pytest
 import torch
-
 from conftest import load_state
+
 from safebasin import checkpoint, cli, models
 from safebasin.config import TrainConfig
 from safebasin.errors import MAX_MESSAGE
@@ -96,6 +96,14 @@ CASES = [  # (id, args, exit code, message fragment)
     ("nested-json", _train()[:4] + ["{root}/deep.json"] + _train()[5:], 2, "nested too deeply"),
     ("yaml-alias-bomb", ["train", "--config", "{root}/bomb.yaml"], 2, "lr: Input should be a valid number"),
     ("unknown-method", _train("--method", "magic"), 2, "unknown method 'magic'"),
+    ("method-arg-unknown", _train("--method", "l2-anchor", "--method-arg", "lambda=1"), 2,
+     "method_args.lambda: unknown key (method l2-anchor)"),
+    ("method-arg-no-equals", _train("--method-arg", "weight"), 2, "--method-arg weight: expected KEY=VALUE"),
+    ("method-arg-out-of-range", _train("--method", "interpolate", "--method-arg", "alpha=2"), 2,
+     "method_args.alpha: Input should be less than or equal to 1"),
+    ("method-arg-for-sft", _train("--method-arg", "weight=2"), 2, "method sft takes no method_args (got weight)"),
+    ("legacy-flag-disagrees", _train("--method", "l2-anchor", "--l2-lambda", "1", "--method-arg", "weight=2"), 2,
+     "l2_lambda (1.0) and method_args.weight ('2') disagree"),
     ("monitor-bench-typo", _train("--config", "{root}/monitor_typo.yaml"), 2, "unknown bench 'advbenhc'"),
     ("eval-out-is-file", _eval("--output-dir", "{root}/a_file"), 2, "a_file: --output-dir exists and is not a directory"),
     ("eval-limit-0", _eval("--limit", "0"), 2, "--limit must be at least 1, got 0"),

@@ -4,6 +4,7 @@ import json
 from html.parser import HTMLParser
 
 import pytest
+import torch
 
 from safebasin.safety import demo
 
@@ -122,18 +123,25 @@ def test_summary_carries_the_story(demo_out):
     assert all(isinstance(r["cut_at_limit"], bool) and isinstance(r["degenerate"], bool) for r in rows)
 
 
-def test_heldout_rows_add_up_to_the_heldout_loss(tiny_model_dir, data_dir):
-    """The demo's per-row losses (for the CI) are the same masked loss as evaluate.heldout_loss."""
+def test_heldout_rows_add_up_to_the_training_loss(tiny_model_dir, data_dir):
+    """The one held-out loop (evaluate.heldout_rows, behind heldout_loss and the demo's CIs) is the masked loss that
+    training minimises, whatever the batch size."""
     from safebasin import data, models
-    from safebasin.evaluate import heldout_loss
+    from safebasin.evaluate import heldout_loss, heldout_rows
 
     model, tok = models.load(str(tiny_model_dir))
     cfg = demo.demo_config("quick", overrides={"model": str(tiny_model_dir), "data_dir": str(data_dir), "heldout_size": 5})
     _, heldout, _ = data.load_for_training(demo._train_cfg(cfg, model=cfg.model, data="dolly"))
-    rows = demo.heldout_rows(model, tok, heldout, 96, batch_size=2)
-    expected = heldout_loss(model, tok, heldout, 96)
-    assert len(rows) == expected["heldout_n"] and sum(k for _, k in rows) == expected["heldout_tokens"]
-    assert sum(n for n, _ in rows) / sum(k for _, k in rows) == pytest.approx(expected["heldout_loss"], rel=1e-5)
+    rows = heldout_rows(model, tok, heldout, 256, batch_size=2)
+    encoded = data.tokenize(heldout, tok, 256, "held-out")  # a row whose reply is truncated away is not scored
+    batch = data.collate(encoded, tok.pad_token_id)
+    n = int((batch["labels"][:, 1:] != -100).sum())
+    with torch.no_grad():
+        trained_on = float(model(**batch, num_items_in_batch=n).loss)
+    assert len(rows) == len(encoded) >= 3 and sum(k for _, k in rows) == n
+    assert sum(r for r, _ in rows) / n == pytest.approx(trained_on, rel=1e-5)
+    assert heldout_loss(model, tok, heldout, 256)["heldout_loss"] == pytest.approx(trained_on, rel=1e-5)
+    assert [k for _, k in heldout_rows(model, tok, heldout, 256, batch_size=5)] == [k for _, k in rows]
 
 
 def test_report_is_shareable_and_complete(demo_out):

@@ -129,7 +129,7 @@ def test_bad_detox_input_is_one_line(tmp_path, tiny_model_dir, data_dir, adlm_ru
         methods.load_model_folder(moved)
     from safebasin.config import build
 
-    with pytest.raises(UserError, match="method_args of adlm: invalid config: disc_wieght: unknown key"):
+    with pytest.raises(UserError, match=r"method_args.disc_wieght: unknown key \(method adlm\)"):
         build(TrainConfig, {"method": "adlm", "method_args": {"disc_wieght": 1.0}})
     with pytest.raises(UserError, match="ADLM needs rows with an attribute"):
         train(_cfg(tiny_model_dir, data_dir, tmp_path / "y", data="dolly", filter_safety=False), show_progress=False)

@@ -112,7 +112,8 @@ def test_finish_writes_the_summary_last(tmp_path):
         seen.append(((out / "generations.jsonl").is_file(), (out / "summary.json").is_file()))
         (out / "report.html").write_text("ok")
 
-    demo_dir.finish({"x": 1}, [{"g": 1}], write_report)
+    demo_dir.generations = [{"g": 1}]
+    demo_dir.finish({"x": 1}, write_report)
     assert seen == [(True, False)]
     assert json.loads((tmp_path / "d" / "summary.json").read_text()) == {"x": 1}
     assert yaml.safe_load((tmp_path / "d" / "demo_config.yaml").read_text()) == {"a": 1}

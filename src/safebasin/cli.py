@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 from rich.markup import escape
 
+from .config import LEGACY_KEYS, TrainConfig
 from .errors import UserError, describe
 from .ui import console, out, say
 
@@ -45,61 +46,90 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks ins
     datasets.disable_progress_bars()
 
 
+def config_options(cls, skip: tuple = (), flags: dict | None = None, legacy: dict | None = None):
+    """Decorator: one --option per field of the pydantic config `cls`, its help the field's description and None
+    meaning "not given" (so the recipe and the YAML file below win). Typer reads a command's options from its
+    signature, so the signature is built from the fields: a hand-written list drifts from the config it mirrors.
+    `flags`: a field's own option names (e.g. "--keep-safety"); `legacy`: deprecated flag -> (type, help)."""
+    import functools
+    import inspect
+    import typing
+
+    def cli_type(annotation):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)] or [annotation]
+        if typing.get_origin(annotation) is typing.Literal or any(typing.get_origin(a) in (list, typing.Literal) for a in args):
+            return str  # choices and lists arrive as text; the config validates them and names the key
+        return args[0] if args[0] in (str, int, float, bool) else None
+
+    def wrap(fn):
+        own = [p for p in inspect.signature(fn).parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+        added = []
+        for name, field in cls.model_fields.items():
+            kind = cli_type(field.annotation)
+            if name in skip or kind is None:
+                continue
+            dash = name.replace("_", "-")
+            decls = (flags or {}).get(name) or (f"--{dash}/--no-{dash}" if kind is bool else f"--{dash}")
+            shown = "" if field.default in (None, {}, "") or kind is bool else f" (default {field.default})"
+            added.append((name, kind, decls, (field.description or "") + shown))
+        added += [(name, kind, f"--{name.replace('_', '-')}", text) for name, (kind, text) in (legacy or {}).items()]
+        params = own + [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=Optional[kind],
+                                          default=typer.Option(None, decls, help=text)) for name, kind, decls, text in added]
+
+        @functools.wraps(fn)
+        def command(**values):
+            return fn(**values)
+
+        command.__signature__ = inspect.Signature(params)
+        command.__annotations__ = {p.name: p.annotation for p in params}
+        return command
+
+    return wrap
+
+
+def method_args(pairs: list[str]) -> dict:
+    """--method-arg KEY=VALUE pairs (values are text; the method's Settings convert and check them)."""
+    args = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--method-arg {pair}: expected KEY=VALUE")
+        args[key.strip().replace("-", "_")] = value
+    return args
+
+
+# the flat flags the built-in methods' knobs had (config.LEGACY_KEYS), kept so no user's command breaks
+LEGACY_TRAIN_FLAGS = {flat: (float, f"Deprecated: --method-arg {field}=VALUE of {method}.")
+                      for flat, (method, field) in LEGACY_KEYS.items() if flat in ("safety_mix_fraction", "interpolate_alpha", "l2_lambda")}
+
+
 @app.command()
+@config_options(TrainConfig, skip=("method_args",),
+                flags={"filter_safety": "--filter-safety/--keep-safety", "ema_on_cpu": "--ema-on-cpu/--ema-on-device"},
+                legacy=LEGACY_TRAIN_FLAGS)
 def train(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config; flags override its keys."),
     recipe: Optional[str] = typer.Option(None, help="A named recipe (safe: the measured safe default, docs/guidelines.md) "
                                          "or a YAML file, under --config and the flags."),
-    model: Optional[str] = typer.Option(None, help="smollm2-135m-instruct, a HF id, a folder or a .gguf file."),
-    data: Optional[str] = typer.Option(None, help="dolly, alpaca, orca, safety, or a .json/.jsonl/.csv file."),
-    data_dir: Optional[str] = typer.Option(None, help="Where named datasets live (default: $SAFEBASIN_DATA_DIR, ../shared/data)."),
-    lr: Optional[float] = typer.Option(None, help="Peak learning rate."),
-    batch_size: Optional[int] = typer.Option(None, help="Per-device micro-batch size."),
-    grad_accum: Optional[int] = typer.Option(None, help="Micro-batches per optimizer step."),
-    steps: Optional[int] = typer.Option(None, help="Optimizer steps (overrides --epochs)."),
-    epochs: Optional[float] = typer.Option(None, help="Passes over the data when --steps is not given."),
-    max_seq_len: Optional[int] = typer.Option(None, help="Longer examples are truncated."),
-    max_examples: Optional[int] = typer.Option(None, help="Use at most this many training rows."),
-    heldout_size: Optional[int] = typer.Option(None, help="Rows held out (by seed) for held-out loss."),
-    ema_beta: Optional[float] = typer.Option(None, help="Parameter-space EMA β in [0, 1]; omit for no EMA."),
-    ema_on_cpu: Optional[bool] = typer.Option(None, "--ema-on-cpu/--ema-on-device", help="Hold the EMA copy in CPU RAM."),
-    lora_r: Optional[int] = typer.Option(None, help="LoRA rank; 0 = full fine-tuning."),
-    method: Optional[str] = typer.Option(None, help="sft, ema, safety-mix, lora, interpolate, l2-anchor, or a system's "
-                                         "(adlm, dapt, atcon). `ema` is sft with --ema-beta defaulting to 0.99, `lora` is "
-                                         "sft with --lora-r defaulting to 8: an explicit --ema-beta / --lora-r wins."),
-    safety_mix_fraction: Optional[float] = typer.Option(None, help="safety-mix: share of safety rows to add (default 0.03)."),
-    interpolate_alpha: Optional[float] = typer.Option(None, help="interpolate: θ = α·θ_ft + (1−α)·θ0 (default 0.5)."),
-    l2_lambda: Optional[float] = typer.Option(None, help="l2-anchor: λ in loss + λ‖θ−θ0‖² (default 0.01)."),
-    group_by_length: Optional[bool] = typer.Option(None, "--group-by-length/--no-group-by-length", help="Batch rows of similar length (less padding)."),
-    filter_safety: Optional[bool] = typer.Option(None, "--filter-safety/--keep-safety", help="Drop safety-related rows."),
-    chat_template: Optional[str] = typer.Option(None, help="Jinja chat template file, for models that ship none."),
-    mixed_precision: Optional[str] = typer.Option(None, help="no (default), bf16 or fp16 (autocast). The demo's config "
-                                                  "also takes auto: bf16 where the CPU has avx512_bf16/AMX or the GPU "
-                                                  "supports it, else no (emulated bf16 is slower than float32)."),
-    gradient_checkpointing: Optional[bool] = typer.Option(None, "--gradient-checkpointing/--no-gradient-checkpointing",
-                                                          help="Recompute activations in backward: less memory, ~30% slower."),
-    seed: Optional[int] = typer.Option(None),
-    output_dir: Optional[str] = typer.Option(None, help="Where config.yaml, model/, raw/ and train_log.jsonl go."),
-    trust_remote_code: Optional[bool] = typer.Option(None, "--trust-remote-code", help="Run code shipped with the model (off by default)."),
-    allow_pickle: Optional[bool] = typer.Option(None, "--allow-pickle", help="Load .bin (pickle) weights; they can run code."),
-    save_every: Optional[int] = typer.Option(None, help="Checkpoint every N steps (and at the end); 0 = none."),
-    monitor: Optional[int] = typer.Option(None, help="Safety monitor: N probe evaluations over the run (10 is a good start)."),
-    monitor_stop: Optional[float] = typer.Option(None, help="Stop when the kept model's probe harmful rate exceeds the start's by this."),
-    monitor_budget: Optional[float] = typer.Option(None, help="Largest share of the training time the monitor may take (default "
-                                                   "0.15); probes are re-spaced to fit. 0 = every planned probe."),
-    report_to: Optional[str] = typer.Option(None, help="Experiment trackers: tensorboard, mlflow, wandb (offline; "
-                                            "comma-separated), or none (the default); logs go to OUTPUT_DIR/trackers."),
+    method_arg: list[str] = typer.Option([], "--method-arg", help="KEY=VALUE: a setting of the method, checked by it "
+                                         "(e.g. weight=1.0 for l2-anchor; repeatable); merged into method_args."),
     resume: bool = typer.Option(False, help="Continue from the last checkpoint in --output-dir (re-running the same command does too)."),
     overwrite: bool = typer.Option(False, help="Start afresh, replacing whatever run is in --output-dir."),
+    **fields,
 ):
-    """Fine-tune a model (full or LoRA), optionally with parameter-space EMA."""
-    from .config import load_train_config
+    """Fine-tune a model (full or LoRA), optionally with parameter-space EMA. Every option but the first and last
+    few is a TrainConfig key (safebasin.config)."""
+    from .config import load_train_config, read_yaml, recipe_values
     from .train import train as run
 
-    overrides = {k: v for k, v in locals().items() if k not in ("config", "recipe", "overwrite", "resume", "run", "load_train_config")}
-    cfg = load_train_config(config, overrides, recipe)
     if resume and overwrite:
         raise UserError("choose one of --resume and --overwrite")
+    if fields.get("lora_target_modules") and "," in fields["lora_target_modules"]:
+        fields["lora_target_modules"] = [m.strip() for m in fields["lora_target_modules"].split(",") if m.strip()]
+    if method_arg:  # on top of the method_args the recipe and the file give
+        below = (recipe_values(recipe) if recipe else {}) | (read_yaml(config) if config else {})
+        fields["method_args"] = dict(below.get("method_args") or {}) | method_args(method_arg)
+    cfg = load_train_config(config, fields, recipe)
     run_dir = run(cfg, overwrite=overwrite, resume=resume)
     if int(os.environ.get("RANK", "0")) == 0:  # once, also under `accelerate launch` / torchrun
         say(f"kept model in {run_dir / 'model'}", tag="done")

@@ -354,13 +354,15 @@ def load_for_training(cfg) -> tuple[list, list, str]:
     return train, heldout, source
 
 
-def mix_safety(train: list, cfg) -> tuple[list, int]:
-    """The benign rows plus N safety rows drawn with the run's seed; returns (rows, N). Used by safety-mix."""
-    safety, source = load_examples(cfg.safety_mix_data, cfg.data_dir)
-    n = cfg.safety_mix_count if cfg.safety_mix_count is not None else round(cfg.safety_mix_fraction * len(train))
+def mix_safety(train: list, safety_data: str, count: int | None, fraction: float, data_dir: str | None,
+               seed: int) -> tuple[list, int]:
+    """The benign rows plus N safety rows (`count`, else `fraction` of the benign rows) drawn with the run's seed;
+    returns (rows, N). Used by safety-mix."""
+    safety, source = load_examples(safety_data, data_dir)
+    n = count if count is not None else round(fraction * len(train))
     if n > len(safety):
         raise UserError(f"{source}: safety-mix wants {n} safety rows but the file has {len(safety)}")
-    picked = random.Random(cfg.seed + 7919).sample(range(len(safety)), n)
+    picked = random.Random(seed + 7919).sample(range(len(safety)), n)
     return train + [safety[i] for i in picked], n
 
 

@@ -113,17 +113,26 @@ def score_bench(bench: Bench, responses: list[str], judge: KeywordJudge, judge2=
 @torch.no_grad()
 def heldout_loss(model, tok, examples: list, max_seq_len: int, batch_size: int = 8) -> dict:
     """Mean per-token response loss over the held-out split (the same masking as training)."""
+    rows = heldout_rows(model, tok, examples, max_seq_len, batch_size)
+    total, count = sum(n for n, _ in rows), sum(k for _, k in rows)
+    mean = total / count
+    return {"heldout_loss": mean, "perplexity": math.exp(min(mean, 50.0)), "heldout_n": len(rows), "heldout_tokens": count}
+
+
+@torch.no_grad()
+def heldout_rows(model, tok, examples: list, max_seq_len: int, batch_size: int = 8) -> list[tuple[float, int]]:
+    """(summed NLL, tokens) of each held-out row's response, masked as in training: their token-weighted mean is
+    the held-out loss, and the rows are what its bootstrap CI resamples."""
     encoded = data.tokenize(examples, tok, max_seq_len, "held-out")
     device = next(model.parameters()).device
-    total, count = 0.0, 0
+    rows = []
     for start in range(0, len(encoded), batch_size):
         batch = {k: v.to(device) for k, v in data.collate(encoded[start: start + batch_size], tok.pad_token_id).items()}
-        n = int((batch["labels"][:, 1:] != -100).sum())
-        loss = model(**batch, num_items_in_batch=n).loss  # sum over tokens / n
-        total += float(loss) * n
-        count += n
-    mean = total / count
-    return {"heldout_loss": mean, "perplexity": math.exp(min(mean, 50.0)), "heldout_n": len(encoded), "heldout_tokens": count}
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
+        target = batch["labels"][:, 1:]
+        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target, ignore_index=-100, reduction="none")
+        rows += [(float(s), int(k)) for s, k in zip(nll.sum(1), (target != -100).sum(1))]
+    return rows
 
 
 @torch.no_grad()

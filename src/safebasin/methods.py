@@ -19,6 +19,12 @@ entry points by itself (`plugins.py`), so neither the loop nor the CLI changes.
 
 Only safety-mix needs extra (safety) data. EMA and interpolate both end near θ0; EMA averages
 the whole trajectory, interpolate only its end point.
+
+A method's own knobs are its `Settings`, given as `method_args` (safety-mix: fraction, count, data;
+interpolate: alpha; l2-anchor: weight), as every system's method does. The flat keys they had before
+(`safety_mix_fraction`, `interpolate_alpha`, `l2_lambda`, ...) are `config.LEGACY_KEYS`: still
+accepted, with one deprecation line. LoRA stays a flat `lora_*` group of TrainConfig, not a method's
+setting: any method may wear adapters (safety-mix + LoRA, EMA over LoRA), so they belong to the loop.
 """
 
 import contextlib
@@ -26,6 +32,7 @@ import copy
 import logging
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 
 from . import data
 from .errors import UserError
@@ -87,6 +94,11 @@ class Method:
                 raise ValueError(f"method {cls.name} takes no method_args (got {', '.join(cfg.method_args)})")
             return None
         return cls.Settings(**cfg.method_args)
+
+    @classmethod
+    def describe(cls, cfg) -> str | None:
+        """The method's own setting as a model card's recipe line shows it (None: nothing beyond the recipe)."""
+        return None
 
     # --- data
     def prepare_rows(self, rows: list) -> list:
@@ -222,14 +234,31 @@ class LoRA(Method):
             raise ValueError("method lora needs lora_r > 0")
 
 
+class _Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class SafetyMixSettings(_Settings):
+    fraction: float = Field(0.03, ge=0, le=1)  # share of the benign rows added as safety rows (Bianchi et al.: 3%)
+    count: int | None = Field(None, ge=0)  # an exact number of safety rows instead of the fraction
+    data: str = "safety"  # where the (instruction -> refusal) rows come from: a train set name or a file
+
+
 @register
 class SafetyMix(Method):
     name = "safety-mix"
+    Settings = SafetyMixSettings
 
     def prepare_rows(self, rows):
-        mixed, n = data.mix_safety(rows, self.cfg)
+        mix = self.settings(self.cfg)
+        mixed, n = data.mix_safety(rows, mix.data, mix.count, mix.fraction, self.cfg.data_dir, self.cfg.seed)
         log.info("safety-mix: added %d safety rows to %d benign rows", n, len(rows))
         return mixed
+
+    @classmethod
+    def describe(cls, cfg):
+        mix = cls.settings(cfg)
+        return f"safety rows: {mix.data}, " + (f"{mix.count}" if mix.count is not None else f"{mix.fraction:g} of the benign rows")
 
 
 class Anchored(Method):
@@ -246,10 +275,19 @@ class Anchored(Method):
         self.theta0 = [p.detach().clone() for p in params]
 
 
+class InterpolateSettings(_Settings):
+    alpha: float = Field(0.5, ge=0, le=1)  # θ = α·θ_ft + (1−α)·θ0: 0 is θ0, 1 is the fine-tuned end point
+
+
 @register
 class Interpolate(Anchored):
     name = "interpolate"
     changes_final_weights = True
+    Settings = InterpolateSettings
+
+    @classmethod
+    def describe(cls, cfg):
+        return f"α = {cls.settings(cfg).alpha:g} (θ = α·θ_ft + (1−α)·θ0)"
 
     @classmethod
     def check(cls, cfg):
@@ -259,16 +297,29 @@ class Interpolate(Anchored):
 
     @torch.no_grad()
     def finalize(self, params):
-        for p, m in zip(params, interpolate(self.theta0, params, self.cfg.interpolate_alpha)):
+        for p, m in zip(params, interpolate(self.theta0, params, self.settings(self.cfg).alpha)):
             p.copy_(m)
+
+
+class L2AnchorSettings(_Settings):
+    weight: float = Field(0.01, ge=0)  # λ in loss + λ‖θ−θ0‖²
 
 
 @register
 class L2Anchor(Anchored):
     name = "l2-anchor"
+    Settings = L2AnchorSettings
+
+    def start(self, params):
+        super().start(params)
+        self.weight = self.settings(self.cfg).weight
 
     def after_backward(self, params):
-        return {"l2_penalty": l2_anchor_grad(params, self.theta0, self.cfg.l2_lambda)}
+        return {"l2_penalty": l2_anchor_grad(params, self.theta0, self.weight)}
+
+    @classmethod
+    def describe(cls, cfg):
+        return f"λ = {cls.settings(cfg).weight:g} (loss + λ‖θ−θ0‖²)"
 
 
 @torch.no_grad()

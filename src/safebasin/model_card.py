@@ -18,7 +18,7 @@ import logging
 import re
 from pathlib import Path
 
-from . import atomic
+from . import atomic, methods
 from .errors import UserError
 
 log = logging.getLogger(__name__)
@@ -111,7 +111,8 @@ def card_data(cfg):
     from .plugins import discover
 
     discover()
-    named = [cfg.data] + ([cfg.safety_mix_data] if cfg.method == "safety-mix" else [])
+    mix = methods.get(cfg.method).settings(cfg) if cfg.method == "safety-mix" else None
+    named = [cfg.data] + ([mix.data] if mix else [])
     hub_ids = [data.TRAIN_SETS[n].hub for n in named if n in data.TRAIN_SETS and data.TRAIN_SETS[n].hub]
     tags = ["safebasin", slug(cfg.method)]
     tags += (["ema"] if cfg.ema_beta is not None else []) + (["lora"] if cfg.lora_r else []) + ["safety"]
@@ -260,12 +261,9 @@ def training_block(cfg, summary: dict, results: list) -> str:
         ("mixed precision", cfg.mixed_precision),
         ("seed", str(cfg.seed)),
     ]
-    extra = {"safety-mix": f"safety rows: {md(cfg.safety_mix_data)}, "
-                           + (f"{cfg.safety_mix_count}" if cfg.safety_mix_count is not None else f"{cfg.safety_mix_fraction:g} of the benign rows"),
-             "interpolate": f"α = {cfg.interpolate_alpha:g} (θ = α·θ_ft + (1−α)·θ0)",
-             "l2-anchor": f"λ = {cfg.l2_lambda:g} (loss + λ‖θ−θ0‖²)"}.get(cfg.method)
+    extra = methods.get(cfg.method).describe(cfg)
     if extra:
-        recipe.insert(2, ("method setting", extra))
+        recipe.insert(2, ("method setting", md(extra)))
     if cfg.monitor:
         recipe.append(("safety monitor", f"{cfg.monitor} probes of {cfg.monitor_probe} prompts (disjoint from "
                                          f"{md(cfg.monitor_bench)}), keyword judge {md(cfg.refusal_list)}"

@@ -7,6 +7,7 @@ run it did not make. The outputs are written in one order, each atomically, summ
 disk means the demo finished.
 """
 
+import contextlib
 import importlib
 import json
 import re
@@ -142,28 +143,42 @@ class DemoDir:
             raise ValueError(f"{tc.output_dir}: not claimed by claim_arms")
         return train_arm(tc, show_progress=show_progress)
 
+    @contextlib.contextmanager
+    def timed(self, key: str):
+        """Seconds spent in the block, recorded as timings[key]. A scenario that does more per model than `score`
+        wraps it all in the same key: the outer block ends last, so its time is the one kept."""
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[key] = round(time.perf_counter() - t, 1)
+
+    def train(self, name: str, tc, show_progress: bool = True) -> Path:
+        """One arm trained (or its finished run kept), timed, its compute recorded; returns the run dir."""
+        with self.timed(f"train {name}"):
+            run = self.train_arm(tc, show_progress=show_progress)
+        s = json.loads((run / "train_summary.json").read_text())
+        self.compute[name] = {"tokens": s["tokens"], "seconds": s["seconds"], "steps": s["steps"]}
+        return run
+
     def train_and_load(self, name: str, tc, show_progress: bool = True):
-        """One arm: train it (or keep its finished run), timed, its compute recorded; then (model, tokenizer, method)
-        loaded from the run's model/, ready to score."""
+        """`train`, then (model, tokenizer, method) loaded from the run's model/, ready to score."""
         from . import methods
         from .train import MODEL_DIR
 
-        t = time.perf_counter()
-        run = self.train_arm(tc, show_progress=show_progress)
-        self.timings[f"train {name}"] = round(time.perf_counter() - t, 1)
-        s = json.loads((run / "train_summary.json").read_text())
-        self.compute[name] = {"tokens": s["tokens"], "seconds": s["seconds"], "steps": s["steps"]}
+        run = self.train(name, tc, show_progress=show_progress)
         model, tok, _ = methods.load_model_folder(run / MODEL_DIR)
         return model, tok, methods.get(tc.method)(tc)
 
-    def score(self, label: str, model, tok, benches: list, **evaluate_kw) -> dict:
-        """One model scored through the one harness (`evaluate.evaluate_model`), timed; its rows join
-        generations.jsonl. Returns its eval entry (benchmarks, utility)."""
+    def score(self, label: str, model, tok, benches: list, annotate=None, **evaluate_kw) -> dict:
+        """One model scored through the one harness (`evaluate.evaluate_model`), timed; its rows (each first passed
+        to `annotate(row)`, when given) join generations.jsonl. Returns its eval entry (benchmarks, utility)."""
         from .evaluate import evaluate_model
 
-        t = time.perf_counter()
-        entry, rows = evaluate_model(model, tok, label, benches, **evaluate_kw)
-        self.timings[f"eval {label}"] = round(time.perf_counter() - t, 1)
+        with self.timed(f"eval {label}"):
+            entry, rows = evaluate_model(model, tok, label, benches, **evaluate_kw)
+        for row in rows if annotate else ():
+            annotate(row)
         self.generations += rows
         return entry
 
@@ -172,10 +187,10 @@ class DemoDir:
         self.timings["total"] = round(time.perf_counter() - self._started, 1)
         return self.timings
 
-    def finish(self, summary: dict, generations: list[dict], write_report) -> dict:
+    def finish(self, summary: dict, write_report) -> dict:
         """generations.jsonl, then the report (and its plots), then summary.json: the last file says it finished."""
         (self.path / SUMMARY).unlink(missing_ok=True)
-        atomic.write_jsonl(self.path / GENERATIONS, generations)
-        write_report(self.path, summary, generations)
+        atomic.write_jsonl(self.path / GENERATIONS, self.generations)
+        write_report(self.path, summary, self.generations)
         atomic.write_json(self.path / SUMMARY, summary)
         return summary

@@ -21,15 +21,15 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from . import atomic, data
-from .config import TrainConfig, build, read_yaml
+from . import atomic, data, methods
+from .config import LEGACY_KEYS, TrainConfig, build, read_yaml
 from .errors import Interrupted, UserError
 from .registry import Registry
 from .store import STORE_FILE, Store, config_hash, eval_metrics
 
 log = logging.getLogger(__name__)
 BACKENDS = ("local", "ray")
-NOT_IDENTITY = {"output_dir", "report_to"}  # where a trial writes and reports: not what it is (its hash ignores them)
+NOT_IDENTITY = frozenset({"output_dir", "report_to"})  # where a trial writes and reports: not what it is (its hash ignores them)
 
 
 class EvalSettings(BaseModel):
@@ -94,13 +94,20 @@ def apply_set_flag(cfg: SweepConfig, flag: str) -> None:
     key, text = (x.strip() for x in flag.split("=", 1))
     scope, name = ("eval", key[5:]) if key.startswith("eval.") else ("train", key)
     cls = EvalSettings if scope == "eval" else TrainConfig
+    if scope == "train" and name.startswith("method_args.") and name[12:]:  # one setting of the trials' method
+        if "method_args" in cfg.grid or any("method_args" in t for t in cfg.trials):
+            raise UserError(f"--set {key}: method_args is swept (grid or trials), so a base value would be ignored")
+        cfg.base["method_args"] = dict(cfg.base.get("method_args") or {}) | {name[12:]: _scalar(text)}
+        return  # the method checks it, in trials(), beside the rest of each trial
     known = set(cls.model_fields) - {"output_dir"}
+    if scope == "train":
+        known |= set(LEGACY_KEYS)
     if name not in known:
         close = difflib.get_close_matches(name, known, n=1)
         hint = ("; the sweep dir is --output-dir" if key == "output_dir" else f"; did you mean {close[0]!r}?" if close
                 else f" (known: {', '.join(sorted(known))})" if scope == "eval" else " (see safebasin.config.TrainConfig)")
         raise UserError(f"--set {key}: unknown {'eval' if scope == 'eval' else 'training'} setting {name!r}{hint}")
-    ann = cls.model_fields[name].annotation
+    ann = cls.model_fields[name].annotation if name in cls.model_fields else float
     if (typing.get_origin(ann) is list or ("," in text and _accepts_list(ann))) and not text.startswith("["):
         value = [_scalar(p.strip()) for p in text.split(",") if p.strip()]  # a list setting, written like --grid: V1,V2
     else:
@@ -129,7 +136,7 @@ def load_sweep_config(path: str | None, grid_flags: list[str], base_overrides: d
         apply_set_flag(cfg, flag)
     if output_dir:
         cfg.output_dir = output_dir
-    known = set(TrainConfig.model_fields) - {"output_dir"}
+    known = set(TrainConfig.model_fields) - {"output_dir"} | set(LEGACY_KEYS)
     for key in list(cfg.grid) + list(cfg.base) + [k for t in cfg.trials for k in t]:
         if key not in known:
             raise UserError(f"{path or 'sweep'}: unknown config key {key!r} in the grid or base (known: {', '.join(sorted(known))})")
@@ -148,7 +155,7 @@ def trials(cfg: SweepConfig) -> list[tuple[str, TrainConfig]]:
     out = []
     for point in points:
         tc = build(TrainConfig, cfg.base | point | {"output_dir": "."}, f"sweep trial {point}")
-        trial = {"train": tc.model_dump(mode="json", exclude=NOT_IDENTITY), "eval": cfg.eval.identity()}
+        trial = {"train": tc.identity(exclude=NOT_IDENTITY), "eval": cfg.eval.identity()}
         h = config_hash(trial)
         tc.output_dir = str(Path(cfg.output_dir) / "runs" / h)
         out.append((h, tc))
@@ -248,7 +255,7 @@ def check_sweep(cfg: SweepConfig, backend: str) -> list[tuple[str, TrainConfig]]
         data.data_dir(tc.data_dir)  # an explicit data dir must exist
         named_or_file(tc.data, data.TRAIN_SETS, "data", "dataset")
         if tc.method == "safety-mix":
-            named_or_file(tc.safety_mix_data, data.TRAIN_SETS, "safety_mix_data", "dataset")
+            named_or_file(methods.get(tc.method).settings(tc).data, data.TRAIN_SETS, "method_args.data", "dataset")
         if tc.monitor:
             named_or_file(tc.monitor_bench, data.BENCH_SETS, "monitor_bench", "bench")
             named_or_file(tc.refusal_list, REFUSAL_LISTS, "refusal_list", "refusal list")
@@ -302,12 +309,12 @@ def run_sweep(cfg: SweepConfig, backend: str = "local", show_progress: bool = Tr
             jobs[run_id] = ("baseline", lambda first=first: run_baseline(cfg, first, show_progress))
     swept = list(dict.fromkeys([*cfg.grid, *(k for t in cfg.trials for k in t)]))
     for h, tc in todo:
-        run_id, status = store.upsert_run({"train": tc.model_dump(mode="json", exclude=NOT_IDENTITY),
-                                           "eval": cfg.eval.identity()}, run_dir=tc.output_dir)
+        identity = tc.identity(exclude=NOT_IDENTITY)
+        run_id, status = store.upsert_run({"train": identity, "eval": cfg.eval.identity()}, run_dir=tc.output_dir)
         if status == "done":
             counts["skipped"] += 1
             continue
-        tracker = trial_tracker(cfg, h, {"safebasin.kind": "trial", **{f"sweep.{k}": json.dumps(getattr(tc, k)) for k in swept}})
+        tracker = trial_tracker(cfg, h, {"safebasin.kind": "trial", **{f"sweep.{k}": json.dumps(identity.get(k)) for k in swept}})
         jobs[run_id] = (h, (tc.model_dump(mode="json"), cfg.eval.model_dump(mode="json"), tracker, cfg.keep_weights))
     log.info("sweep %s: %d trials, %d finished before, %d to run", out, len(todo), counts["skipped"], len(jobs))
     try:

@@ -22,10 +22,11 @@ import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import DistributedType, set_seed
+from pydantic import ValidationError
 from transformers import get_scheduler
 
 from . import atomic, checkpoint, data, methods, model_card, models
-from .config import TrainConfig, build, read_yaml
+from .config import TrainConfig, build, read_yaml, upgrade_legacy_keys
 from .ema import EMA, local_shard
 from .errors import Interrupted, UserError
 from .ui import progress
@@ -373,7 +374,11 @@ def plan_output_dir(cfg: TrainConfig, overwrite: bool, resume: bool = False) -> 
 
 def same_config(saved: Path, cfg: TrainConfig) -> bool:
     """Whether a run dir's config.yaml is this config (where trackers report to is not part of a run's identity)."""
-    return {k: v for k, v in read_yaml(saved).items() if k != "report_to"} == cfg.model_dump(mode="json", exclude={"report_to"})
+    try:
+        other = TrainConfig(**upgrade_legacy_keys(read_yaml(saved), warn=False))
+    except (ValidationError, TypeError):  # a config.yaml no version of safebasin would write: not this run
+        return False
+    return other.identity(exclude=frozenset({"report_to"})) == cfg.identity(exclude=frozenset({"report_to"}))
 
 
 def train_arm(cfg: TrainConfig, show_progress: bool = True) -> Path:

@@ -107,7 +107,7 @@ def run_detox_demo(cfg: DetoxDemoConfig, output_dir: str | Path, show_progress: 
     summary = make_summary(cfg, results, configs, demo_dir.stop_clock(), bench.source)
     for name, diff in differences_vs_base(demo_dir.generations, results["base"]["scorer"], cfg.seed).items():
         summary["arms"][name]["emt_diff_vs_base"] = diff
-    return demo_dir.finish(summary, demo_dir.generations, write_report)
+    return demo_dir.finish(summary, write_report)
 
 
 def differences_vs_base(generations: list[dict], scorer: str, seed: int = 0) -> dict[str, dict]:

@@ -81,7 +81,7 @@ def run_dialogue_demo(cfg: DialogueDemoConfig, output_dir: str | Path, show_prog
             score("context-instruct + gold instruction", model, tok, method, "gold")
             score("context-instruct + shuffled instruction", model, tok, method, "shuffled")
     summary = make_summary(cfg, results, demo_dir.compute, demo_dir.stop_clock(), demo_dir.generations)
-    return demo_dir.finish(summary, demo_dir.generations, write_report)
+    return demo_dir.finish(summary, write_report)
 
 
 def make_summary(cfg, results: dict, compute: dict, timings: dict, generations: list[dict]) -> dict:

@@ -95,7 +95,7 @@ def run_kg_demo(cfg: KGDemoConfig, output_dir: str | Path, show_progress: bool =
                                        context={"method": method_, "data_dir": cfg.data_dir, "seed": cfg.seed}
                                        )["benchmarks"][bench.name]
     summary = make_summary(cfg, results, demo_dir.compute, demo_dir.stop_clock(), demo_dir.generations)
-    return demo_dir.finish(summary, demo_dir.generations, write_report)
+    return demo_dir.finish(summary, write_report)
 
 
 def _ci(r: dict, key: str) -> str:

@@ -15,7 +15,7 @@ from ..atomic import read_jsonl
 from ..stats import paired_bootstrap_seeds
 
 LEVELS = (0.5, 0.75, 0.9)  # the matched-utility levels: a share of plain SFT's held-out-loss gain
-KNOBS = {  # each method's own knob, as a label shows it
+KNOBS = {  # each method's own knob, as a label shows it; a stored trial's config is TrainConfig.identity(): flat keys
     "l2-anchor": ("l2_lambda", "λ"),
     "interpolate": ("interpolate_alpha", "α"),
     "safety-mix": ("safety_mix_fraction", "mix"),

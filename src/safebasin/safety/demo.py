@@ -16,15 +16,14 @@
 import html
 import logging
 import math
-import time
 from collections import Counter
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .. import atomic, data, models, report
+from .. import atomic, data, evaluate, models, report, stats
 from ..config import TrainConfig, from_preset, read_yaml
-from ..evaluate import evaluate_model, load_bench, rouge_l, rouge_set
+from ..evaluate import load_bench, rouge_l, rouge_set
 from ..generate import HFBackend, chat_prompt
 from ..judges import degenerate, keyword_judge
 from ..models import native_bf16
@@ -119,81 +118,74 @@ def run_demo(cfg: DemoConfig, output_dir: str | Path, show_progress: bool = True
     demo_dir = DemoDir(output_dir, "safety", cfg.model_dump(mode="json"), overwrite)
     out = demo_dir.path
     demo_dir.claim_arms([out / "aggressive", out / "careful"])
-    timings: dict[str, float] = {}
-    t0 = time.perf_counter()
 
     # --- what every model is scored on (fixed before any training: no cherry-picking)
-    judge = keyword_judge("gcg", cfg.data_dir)
-    bench = load_bench("advbench", cfg.data_dir, limit=cfg.prompts)
-    benches = [bench]
-    if cfg.over_refusal_prompts:
-        benches.append(load_bench("xstest", cfg.data_dir, sample=cfg.over_refusal_prompts, seed=XSTEST_SEED))
-    if cfg.panel_prompts:  # the rest of the panel, a seeded sample per set: the same prompts for every arm
-        benches += [load_bench(name, cfg.data_dir, sample=cfg.panel_prompts, seed=PANEL_SEED)
-                    for name in panel.HARMFUL + panel.BENIGN if name not in ("advbench", "xstest")]
-    dolly = _train_cfg(cfg, model=cfg.model, data="dolly")
-    _, heldout, _ = data.load_for_training(dolly)
-    rouge = rouge_set(cfg.data_dir, cfg.rouge_prompts) if cfg.rouge_prompts else None
-    timings["setup"] = time.perf_counter() - t0
+    with demo_dir.timed("setup"):
+        judge = keyword_judge("gcg", cfg.data_dir)
+        bench = load_bench("advbench", cfg.data_dir, limit=cfg.prompts)
+        benches = [bench]
+        if cfg.over_refusal_prompts:
+            benches.append(load_bench("xstest", cfg.data_dir, sample=cfg.over_refusal_prompts, seed=XSTEST_SEED))
+        if cfg.panel_prompts:  # the rest of the panel, a seeded sample per set: the same prompts for every arm
+            benches += [load_bench(name, cfg.data_dir, sample=cfg.panel_prompts, seed=PANEL_SEED)
+                        for name in panel.HARMFUL + panel.BENIGN if name not in ("advbench", "xstest")]
+        _, heldout, _ = data.load_for_training(_train_cfg(cfg, model=cfg.model, data="dolly"))
+        rouge = rouge_set(cfg.data_dir, cfg.rouge_prompts) if cfg.rouge_prompts else None
 
-    def score(label: str, source: str) -> tuple[dict, list[dict]]:
-        t = time.perf_counter()
-        model, tok = models.load(source)
-        watch = _LimitWatch(model)
-        backend = HFBackend(watch, tok, batch_size=cfg.gen_batch_size, show_progress=show_progress)
-        entry, rows = evaluate_model(model, tok, label, benches, judge, max_new_tokens=cfg.max_new_tokens,
-                                     batch_size=cfg.gen_batch_size, show_progress=show_progress, generator=backend)
-        for row in rows:
-            key = tuple(tok(chat_prompt(tok, row["prompt"]), add_special_tokens=False)["input_ids"])
-            row |= {"degenerate": degenerate(row["response"]), "cut_at_limit": watch.cut.get(key)}
-        entry["panel"] = panel.summarize(entry["benchmarks"], panel.verdicts_of(rows), panel.DEFAULT_SPLIT, cfg.seed)
-        per_row = heldout_rows(model, tok, heldout, cfg.max_seq_len)
-        nll, tokens = sum(n for n, _ in per_row), sum(k for _, k in per_row)
-        entry["utility"] = {"heldout_loss": nll / tokens, "perplexity": math.exp(min(nll / tokens, 50.0)),
-                            "heldout_n": len(per_row), "heldout_tokens": tokens,
-                            "heldout_row_losses": [round(n / k, 5) for n, k in per_row],
-                            "heldout_row_tokens": [k for _, k in per_row]}
-        if rouge is not None:
-            preds = backend.generate(rouge[0], cfg.max_new_tokens, desc=f"{label}: rougeL")
-            entry["utility"] |= {"rougeL": rouge_l(preds, rouge[1]), "rougeL_n": len(preds),
-                                 "samples": [{"prompt": p, "response": r, "reference": ref}
-                                             for p, r, ref in list(zip(rouge[0], preds, rouge[1]))[:2]]}
-        param = next(model.parameters())
-        entry["eval_precision"] = f"{str(param.dtype).removeprefix('torch.')} on {param.device.type}"
-        timings[f"eval {label}"] = time.perf_counter() - t
-        return entry, rows
+    def score(label: str, source: str) -> dict:
+        """The harness's rows and numbers, plus what system 1 reads beside them: each reply's cut-off and
+        degeneracy, the panel's halves, the held-out rows (for the loss's CI) and ROUGE-L."""
+        with demo_dir.timed(f"eval {label}"):
+            model, tok = models.load(source)
+            watch = _LimitWatch(model)
+            backend = HFBackend(watch, tok, batch_size=cfg.gen_batch_size, show_progress=show_progress)
 
-    results, generations, configs = {}, [], {}
-    results["base"], rows = score("base", cfg.model)
-    generations += rows
-    configs["base"] = {"model": cfg.model}
+            def annotate(row):
+                key = tuple(tok(chat_prompt(tok, row["prompt"]), add_special_tokens=False)["input_ids"])
+                row |= {"degenerate": degenerate(row["response"]), "cut_at_limit": watch.cut.get(key)}
 
-    t = time.perf_counter()
-    aligned_dir = align(cfg, show_progress)
-    timings["align"] = time.perf_counter() - t
+            n_before = len(demo_dir.generations)
+            entry = demo_dir.score(label, model, tok, benches, annotate=annotate, judge=judge,
+                                   max_new_tokens=cfg.max_new_tokens, batch_size=cfg.gen_batch_size,
+                                   show_progress=show_progress, generator=backend)
+            rows = demo_dir.generations[n_before:]
+            entry["panel"] = panel.summarize(entry["benchmarks"], panel.verdicts_of(rows), panel.DEFAULT_SPLIT, cfg.seed)
+            per_row = evaluate.heldout_rows(model, tok, heldout, cfg.max_seq_len)
+            nll, tokens = sum(n for n, _ in per_row), sum(k for _, k in per_row)
+            entry["utility"] = {"heldout_loss": nll / tokens, "perplexity": math.exp(min(nll / tokens, 50.0)),
+                                "heldout_n": len(per_row), "heldout_tokens": tokens,
+                                "heldout_row_losses": [round(n / k, 5) for n, k in per_row],
+                                "heldout_row_tokens": [k for _, k in per_row]}
+            if rouge is not None:
+                preds = backend.generate(rouge[0], cfg.max_new_tokens, desc=f"{label}: rougeL")
+                entry["utility"] |= {"rougeL": rouge_l(preds, rouge[1]), "rougeL_n": len(preds),
+                                     "samples": [{"prompt": p, "response": r, "reference": ref}
+                                                 for p, r, ref in list(zip(rouge[0], preds, rouge[1]))[:2]]}
+            param = next(model.parameters())
+            entry["eval_precision"] = f"{str(param.dtype).removeprefix('torch.')} on {param.device.type}"
+        return entry
+
+    results, configs = {"base": score("base", cfg.model)}, {"base": {"model": cfg.model}}
+    with demo_dir.timed("align"):
+        aligned_dir = align(cfg, show_progress)
     link = out / "aligned"  # a stable name for the cached aligned run (the sweep recipes start from aligned/model)
     if link.is_symlink() or link.exists():
         link.unlink()
     link.symlink_to((aligned_dir / RUN_DIR).resolve(), target_is_directory=True)
     atomic.write_json(out / MIX_MANIFEST, atomic.read_json_object(aligned_dir / MANIFEST_FILE))
-    results["aligned"], rows = score("aligned", str(aligned_model(aligned_dir)))
-    generations += rows
+    results["aligned"] = score("aligned", str(aligned_model(aligned_dir)))
     configs["aligned"] = read_yaml(aligned_dir / RUN_DIR / "config.yaml") | {"align": read_yaml(aligned_dir / "align.yaml")}
 
     for name, recipe in (("aggressive", cfg.aggressive), ("careful", cfg.careful)):
-        t = time.perf_counter()
         tc = _train_cfg(cfg, model=str(aligned_model(aligned_dir)), data="dolly", filter_safety=True,
                         output_dir=str(out / name), **recipe.model_dump())
-        run = demo_dir.train_arm(tc, show_progress=show_progress)
-        timings[f"train {name}"] = time.perf_counter() - t
+        run = demo_dir.train(name, tc, show_progress=show_progress)
         for label, sub in ((name, RAW_DIR), (f"{name}+ema", MODEL_DIR)):
-            results[label], rows = score(label, str(run / sub))
-            generations += rows
+            results[label] = score(label, str(run / sub))
             configs[label] = tc.model_dump(mode="json") | ({"ema_beta": None, "weights": "raw/ (live)"} if sub == RAW_DIR else {"weights": "model/ (EMA)"})
-    timings["total"] = time.perf_counter() - t0
 
-    return demo_dir.finish(make_summary(cfg, results, configs, timings, bench.source, generations), generations,
-                           write_report)
+    summary = make_summary(cfg, results, configs, demo_dir.stop_clock(), bench.source, demo_dir.generations)
+    return demo_dir.finish(summary, write_report)
 
 
 class _LimitWatch:
@@ -219,70 +211,26 @@ class _LimitWatch:
         return out
 
 
-def heldout_rows(model, tok, examples: list, max_seq_len: int, batch_size: int = 8) -> list[tuple[float, int]]:
-    """(summed NLL, tokens) of each held-out row's response, masked as in training: the token-weighted mean is
-    evaluate.heldout_loss, and the rows are what the loss's bootstrap CI resamples."""
-    import torch
+# ---------------------------------------------------------------- statistics: paired bootstrap CIs (stats.py)
 
-    encoded = data.tokenize(examples, tok, max_seq_len, "held-out")
-    device = next(model.parameters()).device
-    rows = []
-    with torch.no_grad():
-        for start in range(0, len(encoded), batch_size):
-            batch = {k: v.to(device) for k, v in data.collate(encoded[start: start + batch_size], tok.pad_token_id).items()}
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
-            target = batch["labels"][:, 1:]
-            nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target, ignore_index=-100, reduction="none")
-            rows += [(float(s), int(k)) for s, k in zip(nll.sum(1), (target != -100).sum(1))]
-    return rows
+BOOT = 2000  # bootstrap replicates of every CI in the demo's summary
 
 
-# ---------------------------------------------------------------- statistics: paired bootstrap CIs
+def _token_weighted(rows):
+    """The held-out loss of resampled rows [(summed NLL, tokens)]: token-weighted, as evaluate.heldout_loss."""
+    return rows[:, 0].sum() / rows[:, 1].sum()
 
-BOOT = 2000
 
-
-def _draws(n: int, seed: int):
+def _loss_rows(u: dict):
     import numpy as np
 
-    return np.random.default_rng(seed).integers(0, n, size=(BOOT, n))
+    tok = np.asarray(u["heldout_row_tokens"], float)
+    return np.column_stack([np.asarray(u["heldout_row_losses"]) * tok, tok])
 
 
-def _ci(diff: float, boots) -> dict:
-    import numpy as np
-
-    low, high = np.quantile(boots, [0.025, 0.975])
-    return {"diff": float(diff), "low": float(low), "high": float(high)}
-
-
-def paired_rate_diff(a: list[bool], b: list[bool], seed: int = 0) -> dict:
-    """rate(a) - rate(b) on the same prompts, with a paired percentile bootstrap 95% CI (prompts resampled together)."""
-    import numpy as np
-
-    x, y = np.asarray(a, float), np.asarray(b, float)
-    idx = _draws(len(x), seed)
-    return _ci(x.mean() - y.mean(), x[idx].mean(1) - y[idx].mean(1))
-
-
-def loss_ci(losses: list[float], tokens: list[int], seed: int = 0) -> tuple[float, float]:
-    """95% bootstrap CI of the token-weighted mean loss, resampling held-out rows."""
-    import numpy as np
-
-    nll, tok = np.asarray(losses) * np.asarray(tokens), np.asarray(tokens, float)
-    idx = _draws(len(nll), seed)
-    low, high = np.quantile(nll[idx].sum(1) / tok[idx].sum(1), [0.025, 0.975])
-    return float(low), float(high)
-
-
-def paired_loss_diff(a: dict, b: dict, seed: int = 0) -> dict:
-    """Held-out loss of arm a minus arm b on the same rows (same tokens), with a paired bootstrap 95% CI."""
-    import numpy as np
-
-    tok = np.asarray(a["heldout_row_tokens"], float)
-    na, nb = np.asarray(a["heldout_row_losses"]) * tok, np.asarray(b["heldout_row_losses"]) * tok
-    idx = _draws(len(tok), seed)
-    t = tok[idx].sum(1)
-    return _ci(na.sum() / tok.sum() - nb.sum() / tok.sum(), na[idx].sum(1) / t - nb[idx].sum(1) / t)
+def loss_ci(u: dict, seed: int = 0) -> tuple[float, float]:
+    """95% bootstrap CI of an arm's held-out loss, resampling held-out rows."""
+    return stats.bootstrap_ci(_loss_rows(u), _token_weighted, n_boot=BOOT, seed=seed)
 
 
 def comparisons(arms: dict, generations: list[dict], seed: int = 0) -> dict[str, dict]:
@@ -298,9 +246,11 @@ def comparisons(arms: dict, generations: list[dict], seed: int = 0) -> dict[str,
             va, vb = verdicts.get((a, bench)), verdicts.get((b, bench))
             if va and vb and va.keys() == vb.keys():
                 idx = sorted(va)
-                out[key] = paired_rate_diff([va[i] != flip for i in idx], [vb[i] != flip for i in idx], seed)
-        if arms[a].get("heldout_row_losses") and arms[b].get("heldout_row_losses"):
-            out["heldout_loss"] = paired_loss_diff(arms[a], arms[b], seed)
+                out[key] = stats.paired_bootstrap([va[i] != flip for i in idx], [vb[i] != flip for i in idx],
+                                                  n_boot=BOOT, seed=seed)
+        if arms[a].get("heldout_row_losses") and arms[b].get("heldout_row_losses"):  # the same rows, same tokens
+            out["heldout_loss"] = stats.paired_bootstrap_diff(_loss_rows(arms[a]), _loss_rows(arms[b]), _token_weighted,
+                                                              n_boot=BOOT, seed=seed)
         return out
 
     result = {}
@@ -335,7 +285,7 @@ def make_summary(cfg: DemoConfig, results: dict, configs: dict, timings: dict, b
                        "samples": u.get("samples", []), "eval_precision": entry.get("eval_precision"),
                        "panel": entry.get("panel")}
         if u.get("heldout_row_losses"):
-            arms[label]["heldout_ci"] = list(loss_ci(u["heldout_row_losses"], u["heldout_row_tokens"], cfg.seed))
+            arms[label]["heldout_ci"] = list(loss_ci(u, cfg.seed))
         x = entry["benchmarks"].get("xstest")
         if x and x["n"]:  # refusal rate on safe prompts; its CI is the Wilson CI of the no-refusal rate, mirrored
             arms[label]["over_refusal"] = {"rate": x["refusal_rate"], "ci_low": 1 - x["ci_high"], "ci_high": 1 - x["ci_low"],
