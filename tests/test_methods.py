@@ -165,3 +165,13 @@ def test_the_train_command_takes_every_config_key_and_the_old_flags(tiny_model_d
     assert saved[0]["lora_target_modules"] == ["q_proj", "v_proj"]
     a, b = (load_state(tmp_path / n / "model") for n in ("new", "old"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_method_args_from_the_command_line_join_those_of_the_file(tmp_path):
+    """--method-arg adds to (and overrides) the method_args the YAML file gives, key by key; it does not replace them."""
+    from safebasin.config import load_train_config
+
+    path = tmp_path / "mix.yaml"
+    path.write_text("method: safety-mix\nmethod_args: {data: safety, count: 5}\n")
+    cfg = load_train_config(path, {"method_args": {"fraction": "0.1", "count": "7"}})
+    assert cfg.method_args == {"data": "safety", "count": 7, "fraction": 0.1}

@@ -87,15 +87,18 @@ def config_options(cls, skip: tuple = (), flags: dict | None = None, legacy: dic
     return wrap
 
 
+def key_value(pair: str, flag: str) -> tuple[str, str]:
+    """One KEY=VALUE of a repeatable flag (--method-arg, --bench-arg): the key as a Python name, the value as text
+    (the method or bench kind that takes it converts and checks it)."""
+    key, sep, value = pair.partition("=")
+    if not sep or not key.strip():
+        raise UserError(f"{flag} {pair}: expected KEY=VALUE")
+    return key.strip().replace("-", "_"), value
+
+
 def method_args(pairs: list[str]) -> dict:
-    """--method-arg KEY=VALUE pairs (values are text; the method's Settings convert and check them)."""
-    args = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise UserError(f"--method-arg {pair}: expected KEY=VALUE")
-        args[key.strip().replace("-", "_")] = value
-    return args
+    """--method-arg KEY=VALUE pairs; a later pair for one key wins."""
+    return dict(key_value(pair, "--method-arg") for pair in pairs)
 
 
 # the flat flags the built-in methods' knobs had (config.LEGACY_KEYS), kept so no user's command breaks
@@ -119,16 +122,15 @@ def train(
 ):
     """Fine-tune a model (full or LoRA), optionally with parameter-space EMA. Every option but the first and last
     few is a TrainConfig key (safebasin.config)."""
-    from .config import load_train_config, read_yaml, recipe_values
+    from .config import load_train_config
     from .train import train as run
 
     if resume and overwrite:
         raise UserError("choose one of --resume and --overwrite")
     if fields.get("lora_target_modules") and "," in fields["lora_target_modules"]:
         fields["lora_target_modules"] = [m.strip() for m in fields["lora_target_modules"].split(",") if m.strip()]
-    if method_arg:  # on top of the method_args the recipe and the file give
-        below = (recipe_values(recipe) if recipe else {}) | (read_yaml(config) if config else {})
-        fields["method_args"] = dict(below.get("method_args") or {}) | method_args(method_arg)
+    if method_arg:  # layered on top of the method_args the recipe and the file give (config.layered)
+        fields["method_args"] = method_args(method_arg)
     cfg = load_train_config(config, fields, recipe)
     run_dir = run(cfg, overwrite=overwrite, resume=resume)
     if int(os.environ.get("RANK", "0")) == 0:  # once, also under `accelerate launch` / torchrun
@@ -219,10 +221,7 @@ def bench_args(pairs: list[str], aliases: dict) -> dict:
     """--bench-arg KEY=VALUE pairs, with the alias flags that were given; the kinds check the values."""
     args = {k: v for k, v in aliases.items() if v is not None}
     for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise UserError(f"--bench-arg {pair}: expected KEY=VALUE")
-        key = key.strip().replace("-", "_")
+        key, value = key_value(pair, "--bench-arg")
         if key in args and str(args[key]) != value:
             raise UserError(f"--bench-arg {pair}: {key} is already {args[key]} (from its own flag or an earlier --bench-arg)")
         args[key] = value

@@ -299,11 +299,15 @@ def build(cls, values: dict, source: str = "config"):
 
 def layered(cls, base: dict, path: str | Path | None, overrides: dict | None, source: str):
     """Every config's layering: `base` (a preset, a recipe), then the YAML file's values, then the command line's
-    (None = not given), validated once; errors name the file, else `source`."""
+    (None = not given; a mapping, such as --method-arg's, is merged into the layers' own), validated once; errors
+    name the file, else `source`."""
     values = dict(base)
     if path:
         values |= read_yaml(path)
-    values |= {k: v for k, v in (overrides or {}).items() if v is not None}
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            below = values.get(key)
+            values[key] = below | value if isinstance(value, dict) and isinstance(below, dict) else value
     return build(cls, values, str(path) if path else source)
 
 
