@@ -117,3 +117,21 @@ def test_the_core_imports_no_system():
             elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("safebasin."):
                 found += [f"{path.name}: {node.module}"] if node.module.split(".")[1] in systems else []
     assert found == []
+
+
+def test_a_bench_suite_puts_its_own_numbers_in_the_results_store():
+    """The store knows no suite's shape: each suite turns its eval.json keys into rows (system 1's panel halves too)."""
+    from safebasin import evaluate
+    from safebasin.store import eval_metrics
+
+    suite = evaluate.BenchSuite(matches=lambda s: s == "toy-suite", expand=lambda s: ["advbench"], summarize=dict,
+                                store_rows=lambda variant, entry: [(variant, "toy-suite", "", "spread", entry["toy"])])
+    evaluate.register_bench_suite("toy-suite", suite)
+    try:
+        panel = {"check": {"harmful": {"worst_set": "hexphi", "worst_rate": 0.5, "macro_mean": 0.25, "macro_ci": [0.1, 0.4]}}}
+        rows = eval_metrics({"models": {"model": {"benchmarks": {}, "toy": 0.75, "panel": panel}}})
+    finally:
+        evaluate.SUITES.unregister("toy-suite")
+    assert ("model", "toy-suite", "", "spread", 0.75) in rows
+    assert ("model", "panel:check", "hexphi", "worst_harmful", 0.5) in rows
+    assert ("model", "panel:check", "", "macro_harmful_ci_high", 0.4) in rows and len(rows) == 5

@@ -108,7 +108,16 @@ KINDS = [  # (bench, extra flags, a headline column of its table)
     ("rtp-toxic", ["--samples", "2"], "exp. max toxicity"),
     ("dailydialog", [], "BLEU-1"),
     ("opendialkg", [], "knowledge F1"),
+    ("toxichat", [], "offensive rate"),
 ]
+
+
+def test_the_table_test_covers_every_registered_bench_kind():
+    """A kind a system registers later must join KINDS: `eval` of it prints its own table."""
+    from safebasin import data
+    from safebasin.evaluate import BENCH_KINDS
+
+    assert {data.BENCH_SETS[bench].kind for bench, _, _ in KINDS} == set(BENCH_KINDS)
 
 
 @pytest.mark.parametrize("bench, extra, column", KINDS, ids=[k[0] for k in KINDS])

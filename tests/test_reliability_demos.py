@@ -2,6 +2,7 @@
 refuses reserved and duplicate arm names, and a finished run of any method is recognised as finished."""
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -169,3 +170,48 @@ def test_a_demo_dir_from_before_the_marker_is_still_the_demos_own(tiny_model_dir
     (tmp_path / "users" / "demo_config.yaml").write_text(yaml.safe_dump({"a": 1}))
     with pytest.raises(UserError, match="not made by"):
         scenario.DemoDir(tmp_path / "users", "safety", {"a": 1, "b": 3})
+
+
+def test_a_finished_summary_names_no_folder_of_this_machine(tmp_path, data_dir, monkeypatch):
+    """summary.json reads the same wherever it is copied: the data dir, the cache, the demo dir and the home dir
+    are written as $SAFEBASIN_DATA_DIR, $SAFEBASIN_CACHE, a relative path and ~."""
+    monkeypatch.setenv("SAFEBASIN_CACHE", str(tmp_path / "cache"))
+    demo_dir = scenario.DemoDir(tmp_path / "d", "kg", {"data_dir": str(data_dir)})
+    home = str(Path.home())
+    summary = {"source": f"{data_dir.resolve()}/advbench/harmful_behaviors.csv",
+               "configs": {"a": {"model": f"{tmp_path / 'cache'}/aligned/abc/run/model", "output_dir": str(tmp_path / "d" / "arm")}},
+               "note": f"trained in {tmp_path / 'd'}", "elsewhere": f"{home}/models/x", "plain": "a/b", "n": 3}
+    demo_dir.finish(summary, lambda out, s, g: None)
+    saved = json.loads((tmp_path / "d" / "summary.json").read_text())
+    assert saved == {"source": "$SAFEBASIN_DATA_DIR/advbench/harmful_behaviors.csv",
+                     "configs": {"a": {"model": "$SAFEBASIN_CACHE/aligned/abc/run/model", "output_dir": "arm"}},
+                     "note": "trained in .", "elsewhere": "~/models/x", "plain": "a/b", "n": 3}
+
+
+def test_the_demos_aligned_folder_is_real_and_survives_a_copy(tmp_path):
+    """aligned/ holds the cached run's files (not a pointer into the cache): a copy of the demo dir keeps them,
+    an earlier version's symlink is replaced, and a second call swaps in the new files with nothing left over."""
+    import shutil
+
+    from safebasin.safety.demo import mirror
+
+    cache = tmp_path / "cache" / "run"
+    (cache / "model").mkdir(parents=True)
+    (cache / "model" / "config.json").write_text('{"a": 1}')
+    (cache / "config.yaml").write_text("lr: 1\n")
+    out = tmp_path / "demo"
+    out.mkdir()
+    (out / "aligned").symlink_to(cache, target_is_directory=True)  # what the previous version left
+    mirror(cache, out / "aligned")
+    assert not (out / "aligned").is_symlink()
+    assert (out / "aligned" / "model" / "config.json").read_text() == '{"a": 1}'
+    shutil.copytree(out, tmp_path / "copy", symlinks=True)
+    shutil.rmtree(tmp_path / "cache")
+    assert (tmp_path / "copy" / "aligned" / "config.yaml").read_text() == "lr: 1\n"
+    newer = tmp_path / "newer"
+    (newer / "model").mkdir(parents=True)
+    (newer / "model" / "config.json").write_text('{"a": 2}')
+    mirror(newer, out / "aligned")
+    assert (out / "aligned" / "model" / "config.json").read_text() == '{"a": 2}'
+    assert not (out / "aligned" / "config.yaml").exists()
+    assert sorted(p.name for p in out.iterdir()) == ["aligned"]

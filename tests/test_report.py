@@ -292,3 +292,39 @@ def test_page_script_is_valid_javascript(tmp_path):
     (tmp_path / "s.js").write_text(report.SORT_FILTER_JS)
     r = subprocess.run(["node", "--check", str(tmp_path / "s.js")], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize("layout", ["crowded", "stacked", "spread"])
+def test_every_plot_label_sits_nearest_its_own_point_and_overlaps_nothing(layout):
+    """The trade-off plot's labels, for hand-made points that sit close together (the safety demo's careful and
+    careful+ema were 1 point apart; base and aggressive stacked): each label's box is nearer its own dot than any
+    other dot, and no two labels overlap."""
+    from safebasin.plots import plt, tradeoff_figure
+
+    coords = {"crowded": [(2.10, 0.05), (2.115, 0.08), (2.13, 0.05), (2.115, 0.02), (2.6, 0.9)],  # about 10 px apart
+              "stacked": [(2.3, 0.10), (2.3, 0.13), (2.3, 0.16), (2.3, 0.19), (2.9, 0.9), (2.9, 0.87)],
+              "spread": [(1.0, 0.1), (2.0, 0.5), (3.0, 0.9)]}[layout]
+    names = ["careful", "careful+ema", "aligned", "base", "aggressive", "aggressive+ema"]
+    points = [{"label": n, "harmful_rate": y, "ci_low": y, "ci_high": y, "heldout_loss": x, "marker": n == "aligned"}
+              for n, (x, y) in zip(names, coords)]
+    fig = tradeoff_figure(points, "heldout_loss", "loss", "t", y_percent=True)
+    fig.canvas.draw()  # the annotations' positions are resolved at draw time
+    ax = fig.axes[0]
+    renderer = fig.canvas.get_renderer()
+    dots = {p["label"]: ax.transData.transform((p["heldout_loss"], p["harmful_rate"])) for p in points}
+    from matplotlib.text import Text
+
+    boxes = {t.get_text(): Text.get_window_extent(t, renderer) for t in ax.texts if t.get_text() in dots}  # not the leader
+    plt.close(fig)
+    assert set(boxes) == set(dots)
+
+    def gap(box, q):
+        return max(box.x0 - q[0], 0, q[0] - box.x1) ** 2 + max(box.y0 - q[1], 0, q[1] - box.y1) ** 2
+
+    for name, box in boxes.items():
+        assert all(gap(box, dots[o]) > gap(box, dots[name]) for o in dots if o != name), (layout, name)
+    names_ = list(boxes)
+    for i, a in enumerate(names_):
+        for b in names_[i + 1:]:
+            A, B = boxes[a], boxes[b]
+            assert min(A.x1, B.x1) <= max(A.x0, B.x0) or min(A.y1, B.y1) <= max(A.y0, B.y0), (layout, a, b)

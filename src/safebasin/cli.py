@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+import typer.core
 from rich.markup import escape
 
 from .config import LEGACY_KEYS, TrainConfig
@@ -44,6 +45,56 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks ins
 
     transformers.utils.logging.disable_progress_bar()
     datasets.disable_progress_bars()
+
+
+def _methods():
+    from . import methods
+
+    return [(n, methods.get(n).about) for n in methods.names()]
+
+
+def _train_sets():
+    from .data import TRAIN_SETS
+
+    return [(n, TRAIN_SETS[n].about) for n in TRAIN_SETS.names()]
+
+
+def _benches():
+    from .data import BENCH_SETS
+    from .evaluate import SUITES
+
+    return [(n, BENCH_SETS[n].about) for n in BENCH_SETS.names()] + [(n, SUITES[n].about) for n in SUITES.names()]
+
+
+def _scenarios():
+    from .scenario import SCENARIOS
+
+    return [(n, SCENARIOS[n].about) for n in SCENARIOS.names()]
+
+
+# (command, parameter) -> (what its --help lists, the registry's entries): every name a plug-in registers, with its line
+LISTINGS = {("train", "method"): ("methods (--method)", _methods), ("train", "data"): ("data sets (--data)", _train_sets),
+            ("eval", "bench"): ("benches (--bench; or a file of prompts)", _benches),
+            ("demo", "scenario"): ("scenarios (SCENARIO)", _scenarios)}
+
+
+class RegistryHelp(typer.core.TyperCommand):
+    """A command whose --help lists what the registries hold. Filled in only when help is shown: listing them
+    discovers the systems, which imports torch, and every other use of the command must start fast."""
+
+    def format_help(self, ctx, formatter):
+        blocks = []
+        for param in self.params:
+            if (self.name, param.name) not in LISTINGS:
+                continue
+            title, entries = LISTINGS[(self.name, param.name)]
+            entries = entries()
+            if isinstance(param, typer.core.TyperOption):
+                param.help = (param.help or "").split(" One of:")[0] + " One of: " + ", ".join(n for n, _ in entries) + "."
+            width = max(len(n) for n, _ in entries)
+            blocks.append("\b\n" + title[0].upper() + title[1:] + ":\n" + "\n".join(f"  {n:<{width}}  {about}" for n, about in entries))
+        self.epilog = "\n\n".join(blocks) or None
+        super().format_help(ctx, formatter)
 
 
 def config_options(cls, skip: tuple = (), flags: dict | None = None, legacy: dict | None = None):
@@ -106,7 +157,7 @@ LEGACY_TRAIN_FLAGS = {flat: (float, f"Deprecated: --method-arg {field}=VALUE of 
                       for flat, (method, field) in LEGACY_KEYS.items() if flat in ("safety_mix_fraction", "interpolate_alpha", "l2_lambda")}
 
 
-@app.command()
+@app.command(cls=RegistryHelp)
 @config_options(TrainConfig, skip=("method_args",),
                 flags={"filter_safety": "--filter-safety/--keep-safety", "ema_on_cpu": "--ema-on-cpu/--ema-on-device"},
                 legacy=LEGACY_TRAIN_FLAGS)
@@ -137,11 +188,11 @@ def train(
         say(f"kept model in {run_dir / 'model'}", tag="done")
 
 
-@app.command("eval")
+@app.command("eval", cls=RegistryHelp)
 def eval_(
     model_arg: Optional[str] = typer.Argument(None, metavar="[MODEL]", help="Model or run dir (same as --model)."),
     model: Optional[str] = typer.Option(None, help="smollm2-135m-instruct, a HF id, a folder, a .gguf or a run dir."),
-    bench: list[str] = typer.Option(["advbench"], help="advbench, hexphi, jbb, jbb-benign, xstest, or a prompts file. Repeatable."),
+    bench: list[str] = typer.Option(["advbench"], help="A named bench (listed below) or a prompts file. Repeatable."),
     utility: bool = typer.Option(False, help="Also held-out loss/perplexity and ROUGE-L."),
     limit: Optional[int] = typer.Option(None, help="First N prompts of each bench."),
     sample: Optional[int] = typer.Option(None, help="A seeded random sample of N prompts instead."),
@@ -285,14 +336,13 @@ def print_system_table(kind: str, rows: list[tuple[str, str, dict]]) -> None:
     out.print(table)
 
 
-@app.command()
+@app.command(cls=RegistryHelp)
 def demo(
-    scenario: Optional[str] = typer.Argument(None, help="safety (default: the EMA story), or a system's scenario: "
-                                             "detox (ADLM against its baselines), dialogue (context-dependent "
-                                             "instructions), kg (SURGE)."),
+    scenario: Optional[str] = typer.Argument(None, help="A scenario (listed below); default safety, the EMA story."),
     quick: bool = typer.Option(False, "--quick", help="A few minutes on 2 CPU cores (CI; each scenario's doc gives its "
                                "time): fewer prompts and steps."),
-    full: bool = typer.Option(False, "--full", help="All 520 AdvBench prompts and longer training (slow on a CPU)."),
+    full: bool = typer.Option(False, "--full", help="The scenario's full preset: more prompts and longer training (the "
+                              "safety demo: all 520 AdvBench prompts); slow on a CPU."),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML overriding the preset's keys."),
     model: Optional[str] = typer.Option(None, help="Base model (default: the embedded SmolLM2-135M-Instruct)."),
     data_dir: Optional[str] = typer.Option(None, help="Where named datasets live."),
@@ -303,8 +353,8 @@ def demo(
     overwrite: bool = typer.Option(False, help="Let the demo replace a safebasin run in an arm's dir that this demo "
                                    "did not make (never files safebasin did not write)."),
 ):
-    """Align, then fine-tune on Dolly with bad vs good optimisation, with and without EMA; report it.
-    `demo detox` and the other systems' scenarios tell their own story the same way."""
+    """Run a system's story end to end and write its report: safety (the default) aligns, then fine-tunes on Dolly
+    with bad vs good optimisation, with and without EMA; every other scenario is listed below."""
     from .scenario import SCENARIOS
 
     if quick and full:

@@ -22,14 +22,13 @@ class TrainConfig(BaseModel):
 
     # Each field's description is its documentation and its `safebasin train --help` text (cli.config_options).
     # --- what to train, on what, and how (safebasin.methods documents each method and its source)
-    method: str = Field("sft", description="sft, ema, safety-mix, lora, interpolate, l2-anchor, or a system's (adlm, "
-                        "dapt, atcon, surge, ...). ema is sft with ema_beta defaulting to 0.99, lora is sft with lora_r "
-                        "defaulting to 8: an explicit value wins.")
+    method: str = Field("sft", description="A registered method (listed below). ema is sft with ema_beta defaulting "
+                        "to 0.99, lora is sft with lora_r defaulting to 8: an explicit value wins.")
     method_args: dict = Field({}, description="The method's own settings, checked by it (safety-mix: fraction, count, "
                               "data; interpolate: alpha; l2-anchor: weight; adlm: disc_weight, ...).")
     model: str = Field("smollm2-135m-instruct", description="smollm2-135m-instruct, a HF id, a save_pretrained folder "
                        "or a .gguf file.")
-    data: str = Field("dolly", description="dolly, alpaca, orca, safety (resolved in data_dir, then the hub), or a "
+    data: str = Field("dolly", description="A named data set (listed below; resolved in data_dir, then the hub) or a "
                       ".json/.jsonl/.csv file.")
     data_dir: str | None = Field(None, description="Where named datasets live (default: $SAFEBASIN_DATA_DIR, else "
                                  "../shared/data when it exists).")

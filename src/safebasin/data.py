@@ -32,31 +32,39 @@ class Named:
     where: tuple[str, str] | None = None  # benchmarks: keep rows with field == value
     kind: str = "harmful"  # benchmarks: "harmful" (lower harmful rate is better) or "over-refusal" (benign prompts)
     reader: Callable[[Path], list[dict]] | None = None  # a file format read_rows does not know (a system's own)
+    about: str = ""  # one line for `--help`: what the set is
 
 
 TRAIN_SETS: Registry[Named] = Registry("dataset", " or a .json/.jsonl/.csv file")
 BENCH_SETS: Registry[Named] = Registry("bench", " or a CSV/JSON/JSONL/TXT file of prompts")
 
 for _name, _spec in {
-    "dolly": Named("dolly/dolly_3k_alpagasus_filtered.original_fields.jsonl", "databricks/databricks-dolly-15k"),
-    "alpaca": Named("alpaca/alpaca_data_5000_subset.json", "tatsu-lab/alpaca"),
-    "orca": Named("orca/orca_dpo_pairs_validation.intel_schema.jsonl", "Intel/orca_dpo_pairs"),
+    "dolly": Named("dolly/dolly_3k_alpagasus_filtered.original_fields.jsonl", "databricks/databricks-dolly-15k",
+                   about="benign instructions (Dolly, 3k AlpaGasus-filtered): the paper's fine-tuning data"),
+    "alpaca": Named("alpaca/alpaca_data_5000_subset.json", "tatsu-lab/alpaca", about="benign instructions (Alpaca, 5k)"),
+    "orca": Named("orca/orca_dpo_pairs_validation.intel_schema.jsonl", "Intel/orca_dpo_pairs",
+                  about="benign instructions (ORCA DPO pairs, the chosen answers)"),
     # safety_tuned_llamas (Bianchi et al. 2024): harmful request -> refusal; aligns an unaligned model
-    "safety": Named("safety_tuned_llamas/training/safety_only_data_Instructions.json", None),
+    "safety": Named("safety_tuned_llamas/training/safety_only_data_Instructions.json", None,
+                    about="harmful request -> refusal (safety_tuned_llamas): aligns, or mixes in"),
 }.items():
     TRAIN_SETS.register(_name, _spec)
 
 for _name, _spec in {
-    "advbench": Named("advbench/harmful_behaviors.csv", "walledai/AdvBench", prompt_field="goal"),
-    "hexphi": Named("hex_phi/hexphi_public_300.json", "LLM-Tuning-Safety/HEx-PHI", prompt_field="goal", category_field="category"),
+    "advbench": Named("advbench/harmful_behaviors.csv", "walledai/AdvBench", prompt_field="goal",
+                      about="520 harmful instructions (harmful rate)"),
+    "hexphi": Named("hex_phi/hexphi_public_300.json", "LLM-Tuning-Safety/HEx-PHI", prompt_field="goal", category_field="category",
+                    about="300 harmful instructions in 11 policy categories (harmful rate)"),
     "jbb": Named("jailbreakbench/jbb_behaviors_harmful.csv", "JailbreakBench/JBB-Behaviors", "behaviors", "harmful",
-                 prompt_field="Goal", category_field="Category"),
+                 prompt_field="Goal", category_field="Category", about="100 harmful behaviours (JailbreakBench)"),
     "jbb-benign": Named("jailbreakbench/jbb_behaviors_benign.csv", "JailbreakBench/JBB-Behaviors", "behaviors", "benign",
-                        prompt_field="goal", category_field="category", kind="over-refusal"),
+                        prompt_field="goal", category_field="category", kind="over-refusal",
+                        about="JBB's 100 benign twins (over-refusal)"),
     "xstest": Named("xstest/xstest_prompts.csv", "walledai/XSTest", hub_split="test", prompt_field="prompt",
-                    category_field="type", where=("label", "safe"), kind="over-refusal"),
+                    category_field="type", where=("label", "safe"), kind="over-refusal",
+                    about="250 safe prompts that sound unsafe (over-refusal)"),
     "xstest-unsafe": Named("xstest/xstest_prompts.csv", "walledai/XSTest", hub_split="test", prompt_field="prompt",
-                           category_field="type", where=("label", "unsafe")),
+                           category_field="type", where=("label", "unsafe"), about="XSTest's 200 unsafe contrasts"),
 }.items():
     BENCH_SETS.register(_name, _spec)
 
@@ -89,10 +97,14 @@ def read_instruction_set(path: Path) -> list[dict]:
 # safety_tuned_llamas' evaluation sets (Bianchi et al. 2024): more styles of harmful request (questions, hateful
 # statements, controversial topics, physical safety) and two benign sets for over-refusal; the broad panel's sets
 _STL = "safety_tuned_llamas/evaluation/"
-for _name, _kind in (("I-MaliciousInstructions", "harmful"), ("Q-Harm", "harmful"), ("I-CoNa", "harmful"),
-                     ("I-Controversial", "harmful"), ("I-PhysicalSafetyUnsafe", "harmful"),
-                     ("I-PhysicalSafetySafe", "over-refusal"), ("I-Alpaca", "over-refusal")):
-    BENCH_SETS.register(_name, Named(f"{_STL}{_name}.json", None, prompt_field="prompt", kind=_kind, reader=read_instruction_set))
+for _name, _kind, _about in (("I-MaliciousInstructions", "harmful", "malicious instructions"),
+                             ("Q-Harm", "harmful", "harmful questions"), ("I-CoNa", "harmful", "hateful statements"),
+                             ("I-Controversial", "harmful", "controversial topics"),
+                             ("I-PhysicalSafetyUnsafe", "harmful", "physically unsafe advice"),
+                             ("I-PhysicalSafetySafe", "over-refusal", "physically safe advice (over-refusal)"),
+                             ("I-Alpaca", "over-refusal", "plain Alpaca instructions (over-refusal)")):
+    BENCH_SETS.register(_name, Named(f"{_STL}{_name}.json", None, prompt_field="prompt", kind=_kind, reader=read_instruction_set,
+                                     about=f"{_about} (safety_tuned_llamas)"))
 
 SAFETY_FILTER_FILE = "refusal_prefixes/qi2023_remove_safety_unwanted_words.json"
 

@@ -328,11 +328,14 @@ class BenchSuite:
     """A name that stands for several benches and adds numbers over them (system 1's `panel`: its sets, then the
     worst set and macro mean per half). `matches(spec)`: the spec is this suite's; `expand(spec)`: its bench names
     (an unknown form raises its one line); `summarize(spec, benchmarks, rows, seed, judge2) -> dict`: keys added to
-    each model's entry in eval.json; `describe(entry) -> lines` for the CLI."""
+    each model's entry in eval.json; `describe(entry) -> lines` for the CLI; `store_rows(variant, entry) -> [(variant,
+    bench, category, metric, value)]`: those numbers as a sweep's results store keeps them."""
     matches: Callable[[str], bool]
     expand: Callable[[str], list[str]]
     summarize: Callable
     describe: Callable[[dict], list[str]] = lambda entry: []
+    store_rows: Callable[[str, dict], list[tuple]] = lambda variant, entry: []
+    about: str = ""  # one line for `eval --help`
 
 
 SUITES: Registry[BenchSuite] = Registry("bench suite")

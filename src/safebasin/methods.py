@@ -66,6 +66,7 @@ class Method:
     """
 
     name = "sft"
+    about = ""  # one line for `--help`: what the method does, and its source
     changes_final_weights = False  # finalize() rewrites the weights: the loop saves the live ones as raw/ first
     supports_sharding = True  # False: needs full weights on every rank (FSDP / ZeRO-3 are refused)
     folder_marker: str | None = None  # a file in the method's own saved folders (not a plain save_pretrained one)
@@ -201,6 +202,7 @@ def lora_wrap(model, cfg):
 @register
 class SFT(Method):
     name = "sft"
+    about = "plain fine-tuning, the baseline (Qi et al. 2023)"
 
 
 @register
@@ -209,6 +211,7 @@ class EMAMethod(Method):
     this name only gives it a default β."""
 
     name = "ema"
+    about = "sft + parameter-space EMA of the weights, the average kept (Kim, Kwak et al. 2025)"
 
     @classmethod
     def defaults(cls, values):
@@ -223,6 +226,7 @@ class EMAMethod(Method):
 @register
 class LoRA(Method):
     name = "lora"
+    about = "sft through low-rank adapters, merged at the end (Hu et al. 2022)"
 
     @classmethod
     def defaults(cls, values):
@@ -247,6 +251,7 @@ class SafetyMixSettings(_Settings):
 @register
 class SafetyMix(Method):
     name = "safety-mix"
+    about = "mixes safety refusals into the benign data (Bianchi et al. 2024)"
     Settings = SafetyMixSettings
 
     def prepare_rows(self, rows):
@@ -282,6 +287,7 @@ class InterpolateSettings(_Settings):
 @register
 class Interpolate(Anchored):
     name = "interpolate"
+    about = "θ = α·θ_ft + (1−α)·θ0 after training (WiSE-FT, Wortsman et al. 2022)"
     changes_final_weights = True
     Settings = InterpolateSettings
 
@@ -308,6 +314,7 @@ class L2AnchorSettings(_Settings):
 @register
 class L2Anchor(Anchored):
     name = "l2-anchor"
+    about = "loss + λ‖θ−θ0‖² (L2-SP, Xuhong et al. 2018)"
     Settings = L2AnchorSettings
 
     def start(self, params):

@@ -23,13 +23,20 @@ def fig_png(fig) -> bytes:
 
 
 def tradeoff_png(points: list[dict], x_key: str, x_label: str, title: str,
-                 y_label: str = "harmful rate (keyword judge, 95% CI)", *, y_key: str = "harmful_rate",
-                 y_percent: bool = False, y_lim: tuple[float, float] | None = (-0.03, 1.03),
-                 arrows: list[tuple[str, str]] = (), legend: bool = True) -> bytes:
+                 y_label: str = "harmful rate (keyword judge, 95% CI)", **kw) -> bytes:
+    """`tradeoff_figure` as PNG bytes."""
+    return fig_png(tradeoff_figure(points, x_key, x_label, title, y_label, **kw))
+
+
+def tradeoff_figure(points: list[dict], x_key: str, x_label: str, title: str,
+                    y_label: str = "harmful rate (keyword judge, 95% CI)", *, y_key: str = "harmful_rate",
+                    y_percent: bool = False, y_lim: tuple[float, float] | None = (-0.03, 1.03),
+                    arrows: list[tuple[str, str]] = (), legend: bool = True):
     """points: {"label", y_key, f"{y_key}_ci" (or "ci_low"/"ci_high"), x_key, f"{x_key}_ci"?, "marker"?}: any two
     numbers of a system (harmful rate, toxicity, F1) against each other. Lower-left is better when both axes are
     'lower is better'. `arrows`: (from label, to label), e.g. a run to its EMA average. `y_lim` None: fit the data.
-    Labels are placed towards the middle of the axes, so none is cut off at an edge."""
+    Each point's label is placed by `place_labels` (nearest its own point, overlapping nothing, a leader line when
+    it had to move away), and the legend repeats each point's colour and marker."""
     fig, ax = plt.subplots(figsize=(6.4, 4.6), dpi=120)
     by_label = {p["label"]: p for p in points}
     for p in points:
@@ -48,14 +55,6 @@ def tradeoff_png(points: list[dict], x_key: str, x_label: str, title: str,
     if y_lim:
         ax.set_ylim(*y_lim)
     ax.margins(x=0.12)
-    x0, x1 = ax.get_xlim()
-    mid = (x0 + x1) / 2
-    for i, p in enumerate(sorted(points, key=lambda p: (p[x_key], p[y_key]))):
-        left = p[x_key] > mid  # a label on the right half goes to the left of its point, and vice versa
-        low = p[y_key] < sum(ax.get_ylim()) / 2
-        dy = (8 if i % 2 == 0 else 18) if low else (-14 if i % 2 == 0 else -24)  # alternate: close points stay legible
-        ax.annotate(p["label"], (p[x_key], p[y_key]), textcoords="offset points", xytext=(-8 if left else 8, dy),
-                    ha="right" if left else "left", fontsize=8, annotation_clip=True)
     ax.set_xlabel(x_label)
     ax.set_ylabel(y_label)
     if y_percent:
@@ -64,7 +63,65 @@ def tradeoff_png(points: list[dict], x_key: str, x_label: str, title: str,
     ax.grid(alpha=0.3)
     if legend:
         ax.legend(fontsize=7, loc="best")
-    return fig_png(fig)
+    fig.tight_layout()
+    fig.set_layout_engine("none")  # laid out now: fig_png must not move the axes under the placed labels
+    legend_box = [ax.get_legend().get_window_extent(fig.canvas.get_renderer())] if ax.get_legend() else []
+    place_labels(ax, [(p[x_key], p[y_key]) for p in points], [p["label"] for p in points], avoid=legend_box)
+    return fig
+
+
+_DIRECTIONS = [(1, 0), (-1, 0), (0, 1), (0, -1), (1, 1), (-1, 1), (1, -1), (-1, -1),
+               (1, 0.5), (-1, 0.5), (1, -0.5), (-1, -0.5), (0.5, 1), (-0.5, 1), (0.5, -1), (-0.5, -1)]
+
+
+def place_labels(ax, xy: list[tuple[float, float]], labels: list[str], fontsize: float = 8, avoid: list = ()) -> list:
+    """One text per point, put where its box overlaps no other label, no point and no edge of the axes, and lies
+    nearer its own point than any other; tried close first, then further out with a grey leader line. Written here
+    because adjustText (the library for this) repels labels iteratively and guarantees neither property: a label
+    that drifts towards a neighbour's dot is the mislabelling this exists to prevent. `avoid`: more boxes (pixels)
+    no label may cover, such as the legend. Returns the texts."""
+    fig = ax.figure
+    renderer = fig.canvas.get_renderer()
+    pts = [tuple(ax.transData.transform(p)) for p in xy]
+    frame = ax.get_window_extent(renderer)
+    dot = 7.0  # half the side of the box a marker covers, in pixels
+    placed, texts = list(avoid), []
+
+    def gap(box, p):  # distance from a point to a box (0 inside)
+        return max(box.x0 - p[0], 0, p[0] - box.x1) ** 2 + max(box.y0 - p[1], 0, p[1] - box.y1) ** 2
+
+    def overlap(a, b):
+        return max(0.0, min(a.x1, b.x1) - max(a.x0, b.x0)) * max(0.0, min(a.y1, b.y1) - max(a.y0, b.y0))
+
+    order = sorted(range(len(pts)), key=lambda i: -sum(1 for q in pts if abs(q[0] - pts[i][0]) + abs(q[1] - pts[i][1]) < 60))
+    for i in order:
+        best = None
+        for radius in (9, 16, 26, 40, 60, 85):
+            for dx, dy in _DIRECTIONS:
+                offset = (dx * radius, dy * radius * 0.8)
+                text = ax.annotate(labels[i], xy[i], textcoords="offset pixels", xytext=offset, fontsize=fontsize,
+                                   ha="left" if dx > 0 else "right" if dx < 0 else "center",
+                                   va="bottom" if dy > 0 else "top" if dy < 0 else "center", annotation_clip=False)
+                box = text.get_window_extent(renderer)
+                text.remove()
+                own = gap(box, pts[i])
+                cost = (sum(overlap(box, b) for b in placed)
+                        + sum(overlap(box, type(box).from_extents(q[0] - dot, q[1] - dot, q[0] + dot, q[1] + dot))
+                              for q in pts)
+                        + (box.width * box.height - overlap(box, frame))
+                        + 1e3 * sum(1 for j, q in enumerate(pts) if j != i and gap(box, q) <= own))
+                if best is None or cost < best[0]:
+                    best = (cost, offset, radius, box, dx, dy)
+            if best[0] == 0:
+                break
+        _, offset, radius, box, dx, dy = best
+        leader = {"arrowstyle": "-", "color": "0.55", "lw": 0.7, "shrinkA": 0, "shrinkB": 5} if radius > 9 else None
+        texts.append(ax.annotate(labels[i], xy[i], textcoords="offset pixels", xytext=offset, fontsize=fontsize,
+                                 ha="left" if dx > 0 else "right" if dx < 0 else "center",
+                                 va="bottom" if dy > 0 else "top" if dy < 0 else "center", arrowprops=leader,
+                                 annotation_clip=False))
+        placed.append(box)
+    return texts
 
 
 def loss_curves_png(logs: dict[str, list[dict]]) -> bytes:

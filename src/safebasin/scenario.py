@@ -31,6 +31,7 @@ class Scenario(NamedTuple):
     run: str  # (config, output_dir, overwrite=...) -> summary; it carries a `table` (columns, rows) and may carry a
     # shorter `terminal` table (title, columns, rows, notes, outputs) for the CLI
     output_dir: str | None = None  # --output-dir's default (None: runs/demo-NAME)
+    about: str = ""  # one line for `--help`: the story the demo tells
 
     def config(self, *args, **kw):
         return getattr(importlib.import_module(self.module), self.make_config)(*args, **kw)
@@ -42,8 +43,9 @@ class Scenario(NamedTuple):
 SCENARIOS: Registry[Scenario] = Registry("demo scenario")
 
 
-def register_scenario(name: str, module: str, make_config: str, run: str, output_dir: str | None = None) -> None:
-    SCENARIOS.register(name, Scenario(module, make_config, run, output_dir))
+def register_scenario(name: str, module: str, make_config: str, run: str, output_dir: str | None = None,
+                      about: str = "") -> None:
+    SCENARIOS.register(name, Scenario(module, make_config, run, output_dir, about))
 
 
 def check_arm_names(names: list[str], reserved: set[str] | tuple = (), where: str = "demo", field: str = "arms") -> None:
@@ -187,10 +189,37 @@ class DemoDir:
         self.timings["total"] = round(time.perf_counter() - self._started, 1)
         return self.timings
 
+    def roots(self) -> dict[str, Path]:
+        """The machine's folders a summary may name, and what it says instead (see `portable`)."""
+        from . import data, models
+
+        ddir = data.data_dir(self.config.get("data_dir")) if isinstance(self.config.get("data_dir"), (str, type(None))) else None
+        found = {"": self.path, "$SAFEBASIN_DATA_DIR": ddir, "$SAFEBASIN_CACHE": models.cache_dir(), "~": Path.home()}
+        return {label: Path(p).expanduser().resolve() for label, p in found.items() if p}
+
     def finish(self, summary: dict, write_report) -> dict:
-        """generations.jsonl, then the report (and its plots), then summary.json: the last file says it finished."""
+        """generations.jsonl, then the report (and its plots), then summary.json: the last file says it finished.
+        The summary names no folder of this machine (`portable`), so it reads the same wherever it is copied."""
+        summary = portable(summary, self.roots())
         (self.path / SUMMARY).unlink(missing_ok=True)
         atomic.write_jsonl(self.path / GENERATIONS, self.generations)
         write_report(self.path, summary, self.generations)
         atomic.write_json(self.path / SUMMARY, summary)
         return summary
+
+
+def portable(value, roots: dict[str, Path]):
+    """`value` with every machine path written against a named root: a path inside the demo dir (root label "")
+    relative to it, the data dir as $SAFEBASIN_DATA_DIR/..., the cache as $SAFEBASIN_CACHE/..., the home dir as ~.
+    The most specific root wins (the cache lies in the home dir)."""
+    if isinstance(value, dict):
+        return {k: portable(v, roots) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [portable(v, roots) for v in value]
+    if not isinstance(value, str) or "/" not in value:
+        return value
+    for label, root in sorted(roots.items(), key=lambda kv: -len(str(kv[1]))):
+        r = str(root).rstrip("/")
+        if r and r != "/" and r in value:
+            value = value.replace(r + "/", f"{label}/" if label else "").replace(r, label or ".")
+    return value

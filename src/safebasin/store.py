@@ -281,8 +281,11 @@ class _Tx:
 
 
 def eval_metrics(results: dict) -> list[tuple]:
-    """Flatten an eval.json-shaped dict into store rows; a system bench's [low, high] CI (tp_ci) as tp_ci_low/_high."""
-    rows = []
+    """Flatten an eval.json-shaped dict into store rows; a system bench's [low, high] CI (tp_ci) as tp_ci_low/_high;
+    a bench suite's own numbers as its `store_rows` give them."""
+    from .evaluate import SUITES
+
+    suites, rows = list(SUITES.values()), []
     for variant, entry in results["models"].items():
         for bench, b in entry.get("benchmarks", {}).items():  # every number a bench reports, whatever its kind
             rows += [(variant, bench, "", name, v) for name, v in b.items() if _number(v)]
@@ -293,25 +296,7 @@ def eval_metrics(results: dict) -> list[tuple]:
         for name, value in entry.get("utility", {}).items():
             if isinstance(value, (int, float)):
                 rows.append((variant, "utility", "", name, value))
-        rows += panel_metrics(variant, entry.get("panel"))
-    return rows
-
-
-def panel_metrics(variant: str, summary: dict | None) -> list[tuple]:
-    """A scored panel's headline numbers as rows of bench "panel:HALF" (all, choose, check): the worst set's rate
-    (its name as the category) and the macro mean with its CI, for harmful and over-refusal: what a sweep chooses
-    on one half and reports on the other."""
-    rows = []
-    for half in ("all", "choose", "check"):
-        for what in ("harmful", "over_refusal"):
-            block = (summary or {}).get(half, {}) and summary[half].get(what)
-            if not block:
-                continue
-            bench = f"panel:{half}"
-            rows += [(variant, bench, block["worst_set"], f"worst_{what}", block["worst_rate"]),
-                     (variant, bench, "", f"macro_{what}", block["macro_mean"]),
-                     (variant, bench, "", f"macro_{what}_ci_low", block["macro_ci"][0]),
-                     (variant, bench, "", f"macro_{what}_ci_high", block["macro_ci"][1])]
+        rows += [row for suite in suites for row in suite.store_rows(variant, entry)]  # e.g. system 1's panel halves
     return rows
 
 

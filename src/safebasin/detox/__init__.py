@@ -16,4 +16,5 @@ register_bench_kind("toxicity", evaluate_rtp, settings=ToxicitySettings, headlin
 register_bench_kind("toxicity-dialogue", evaluate_toxichat, settings=ToxichatSettings, headline=TOXICHAT_HEADLINE,
                     title="toxicity: replies to ToxiChat threads (an offline scorer)")
 
-register_scenario("detox", "safebasin.detox.demo", "detox_config", "run_detox_demo")
+register_scenario("detox", "safebasin.detox.demo", "detox_config", "run_detox_demo",
+                  about="ADLM against DAPT, ATCON and the base model (RealToxicityPrompts)")

@@ -107,6 +107,7 @@ class ADLMSettings(BaseModel):
 @register
 class ADLM(Method):
     name = "adlm"
+    about = "detox: a frozen LM with a projection block and an attribute discriminator (ADLM)"
     folder_marker = POINTER_FILE
     Settings = ADLMSettings
     supports_sharding = False

@@ -12,6 +12,7 @@ from .data import CONTROL, NONTOXIC
 @register
 class DAPT(Method):
     name = "dapt"
+    about = "detox baseline: fine-tuning on non-toxic text (DAPT)"
 
     implied = {"data": "jigsaw-nontoxic", "filter_safety": False}
 
@@ -19,6 +20,7 @@ class DAPT(Method):
 @register
 class ATCON(Method):
     name = "atcon"
+    about = "detox baseline: a control code for toxic or not, prompted non-toxic (ATCON)"
     prompt_prefix = CONTROL[NONTOXIC] + " "
 
     implied = {"data": "jigsaw-atcon", "filter_safety": False}

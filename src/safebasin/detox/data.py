@@ -80,12 +80,18 @@ def read_toxichat(path: Path) -> list[dict]:
     return out
 
 
-data.register_train_set("jigsaw", data.Named("jigsaw/jigsaw_10k.json", None, reader=read_jigsaw))
-data.register_train_set("jigsaw-nontoxic", data.Named("jigsaw/jigsaw_10k.json", None, reader=read_jigsaw_nontoxic))
-data.register_train_set("jigsaw-atcon", data.Named("jigsaw/jigsaw_10k.json", None, reader=read_jigsaw_atcon))
+data.register_train_set("jigsaw", data.Named("jigsaw/jigsaw_10k.json", None, reader=read_jigsaw,
+                                                      about="Jigsaw comments with toxic/non-toxic labels (ADLM)"))
+data.register_train_set("jigsaw-nontoxic", data.Named("jigsaw/jigsaw_10k.json", None, reader=read_jigsaw_nontoxic,
+                                                               about="Jigsaw's non-toxic comments (DAPT)"))
+data.register_train_set("jigsaw-atcon", data.Named("jigsaw/jigsaw_10k.json", None, reader=read_jigsaw_atcon,
+                                                            about="Jigsaw with a control code per comment (ATCON)"))
 data.register_bench("rtp-toxic", data.Named("realtoxicityprompts/decodingtrust_toxic.jsonl", None, prompt_field="prompt",
-                                            reader=read_rtp, kind="toxicity"))
+                                            reader=read_rtp, kind="toxicity",
+                                            about="RealToxicityPrompts, toxic prompts (expected max toxicity)"))
 data.register_bench("rtp-nontoxic", data.Named("realtoxicityprompts/decodingtrust_nontoxic.jsonl", None,
-                                               prompt_field="prompt", reader=read_rtp, kind="toxicity"))
+                                               prompt_field="prompt", reader=read_rtp, kind="toxicity",
+                                               about="RealToxicityPrompts, non-toxic prompts"))
 data.register_bench("toxichat", data.Named("toxichat/dev.jsonl", None, prompt_field="prompt", category_field="last_turn",
-                                           reader=read_toxichat, kind="toxicity-dialogue"))
+                                           reader=read_toxichat, kind="toxicity-dialogue",
+                                           about="ToxiChat threads (offensive reply rate)"))

@@ -12,4 +12,5 @@ from .bench import DIALOGUE_HEADLINE, DialogueSettings, evaluate_dialogue
 
 register_bench_kind("dialogue", evaluate_dialogue, settings=DialogueSettings, headline=DIALOGUE_HEADLINE)
 
-register_scenario("dialogue", "safebasin.dialogue.demo", "dialogue_config", "run_dialogue_demo")
+register_scenario("dialogue", "safebasin.dialogue.demo", "dialogue_config", "run_dialogue_demo",
+                  about="context-dependent instructions against fixed ones and plain fine-tuning (DailyDialog)")

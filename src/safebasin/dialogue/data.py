@@ -161,6 +161,8 @@ def read_bench(path: Path) -> list[dict]:
 
 
 # resolve_named checks `(data_dir / file).is_file()`, so both point at the text file and the readers take its dir
-register_train_set("dailydialog", Named("dailydialog/train/dialogues_train.txt", None, reader=read_train))
+register_train_set("dailydialog", Named("dailydialog/train/dialogues_train.txt", None, reader=read_train,
+                                             about="DailyDialog training dialogues (context -> next turn)"))
 register_bench("dailydialog", Named("dailydialog/validation/dialogues_validation.txt", None, prompt_field="prompt",
-                                    category_field="act_name", reader=read_bench, kind="dialogue"))
+                                    category_field="act_name", reader=read_bench, kind="dialogue",
+                                    about="DailyDialog validation turns (BLEU, unigram F1, ROUGE-L)"))

@@ -62,6 +62,7 @@ def _meta(row, source: str) -> dict:
 @register
 class ContextInstruct(Method):
     name = "context-instruct"
+    about = "dialogue: writes a per-turn instruction from the context, then the reply"
     Settings = ContextInstructSettings
 
     implied = {"data": "dailydialog", "filter_safety": False}
@@ -87,6 +88,7 @@ class ContextInstruct(Method):
 @register
 class FixedInstruct(Method):
     name = "fixed-instruct"
+    about = "dialogue baseline: one fixed instruction for every turn"
 
     implied = {"data": "dailydialog", "filter_safety": False}
 

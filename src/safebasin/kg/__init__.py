@@ -12,4 +12,5 @@ from .bench import KG_HEADLINE, KGSettings, evaluate_kg
 
 register_bench_kind("kg", evaluate_kg, settings=KGSettings, headline=KG_HEADLINE)
 
-register_scenario("kg", "safebasin.kg.demo", "kg_config", "run_kg_demo")
+register_scenario("kg", "safebasin.kg.demo", "kg_config", "run_kg_demo",
+                  about="SURGE against fixed knowledge sources in the prompt (OpenDialKG)")

@@ -298,7 +298,10 @@ def read_validation_bench(path: Path) -> list[dict]:
     return read_bench(path, "validation")
 
 
-register_train_set("opendialkg", Named(f"opendialkg/{CSV_FILE}", None, reader=read_train))
-register_bench("opendialkg", Named(f"opendialkg/{CSV_FILE}", None, prompt_field="prompt", reader=read_bench, kind="kg"))
+register_train_set("opendialkg", Named(f"opendialkg/{CSV_FILE}", None, reader=read_train,
+                                             about="OpenDialKG training turns with their KG paths"))
+register_bench("opendialkg", Named(f"opendialkg/{CSV_FILE}", None, prompt_field="prompt", reader=read_bench, kind="kg",
+                                       about="OpenDialKG held-out test turns (knowledge F1, unigram F1)"))
 register_bench("opendialkg-validation", Named(f"opendialkg/{CSV_FILE}", None, prompt_field="prompt",
-                                              reader=read_validation_bench, kind="kg"))
+                                              reader=read_validation_bench, kind="kg",
+                                              about="OpenDialKG validation turns (for choosing settings)"))

@@ -90,6 +90,7 @@ class KGPrompt(Method):
     """Fine-tuning with a fixed knowledge source in the prompt: the baselines of the KG benchmark."""
 
     name = "kg-prompt"
+    about = "KG baseline: a fixed knowledge source (none, all triples, BM25, ...) in the prompt"
     Settings = KGPromptSettings
     implied = {"data": "opendialkg", "filter_safety": False}
 
@@ -270,6 +271,7 @@ class SurgeModel(torch.nn.Module):
 @register
 class Surge(Method):
     name = "surge"
+    about = "KG dialogue: retrieved subgraphs, graph-invariant encoding, contrastive loss (SURGE)"
     Settings = SurgeSettings
     folder_marker = POINTER_FILE
     supports_sharding = False

@@ -6,6 +6,9 @@ from ..evaluate import BenchSuite, register_bench_suite
 from ..scenario import register_scenario
 from . import panel
 
-register_scenario("safety", "safebasin.safety.demo", "demo_config", "run_demo", output_dir="runs/demo")
+register_scenario("safety", "safebasin.safety.demo", "demo_config", "run_demo", output_dir="runs/demo",
+                  about="align, then fine-tune badly and carefully, with and without EMA (the default)")
 register_bench_suite("panel", BenchSuite(matches=panel.is_panel, expand=panel.expand, summarize=panel.summarize_entry,
-                                         describe=panel.describe))
+                                         describe=panel.describe, store_rows=panel.store_rows,
+                                         about="the broad safety panel: every harmful and over-refusal set, worst set "
+                                               "and macro mean per half (panel:choose, panel:check: one half)"))

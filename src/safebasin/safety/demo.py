@@ -168,10 +168,7 @@ def run_demo(cfg: DemoConfig, output_dir: str | Path, show_progress: bool = True
     results, configs = {"base": score("base", cfg.model)}, {"base": {"model": cfg.model}}
     with demo_dir.timed("align"):
         aligned_dir = align(cfg, show_progress)
-    link = out / "aligned"  # a stable name for the cached aligned run (the sweep recipes start from aligned/model)
-    if link.is_symlink() or link.exists():
-        link.unlink()
-    link.symlink_to((aligned_dir / RUN_DIR).resolve(), target_is_directory=True)
+    mirror(aligned_dir / RUN_DIR, out / "aligned")  # a stable name for it (the sweep recipes start from aligned/model)
     atomic.write_json(out / MIX_MANIFEST, atomic.read_json_object(aligned_dir / MANIFEST_FILE))
     results["aligned"] = score("aligned", str(aligned_model(aligned_dir)))
     configs["aligned"] = read_yaml(aligned_dir / RUN_DIR / "config.yaml") | {"align": read_yaml(aligned_dir / "align.yaml")}
@@ -186,6 +183,31 @@ def run_demo(cfg: DemoConfig, output_dir: str | Path, show_progress: bool = True
 
     summary = make_summary(cfg, results, configs, demo_dir.stop_clock(), bench.source, demo_dir.generations)
     return demo_dir.finish(summary, write_report)
+
+
+def mirror(src: Path, dst: Path) -> None:
+    """`dst` becomes a real folder holding `src`'s files, hard-linked where the file system allows (no copy, no
+    space) and copied where it does not: unlike a symlink into the user's cache, it survives a copy of the demo dir.
+    Swapped in by renames, so a reader sees the old folder or the new one, never half of one."""
+    import os
+    import shutil
+
+    def link_or_copy(a, b):
+        try:
+            os.link(a, b)
+        except OSError:  # another file system, or one without hard links
+            shutil.copy2(a, b)
+
+    tmp, old = dst.with_name(f".{dst.name}.tmp"), dst.with_name(f".{dst.name}.old")
+    for stale in (tmp, old):
+        shutil.rmtree(stale, ignore_errors=True)
+    shutil.copytree(src, tmp, copy_function=link_or_copy)
+    if dst.is_symlink():  # the pointer an earlier version made
+        dst.unlink()
+    elif dst.exists():
+        dst.rename(old)
+    tmp.rename(dst)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 class _LimitWatch:

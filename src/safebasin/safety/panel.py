@@ -199,3 +199,21 @@ def describe(entry: dict) -> list[str]:
                              f"macro mean over {h['n_sets']} sets {h['macro_mean']:.1%} "
                              f"({h['macro_ci'][0]:.0%}-{h['macro_ci'][1]:.0%})")
     return lines
+
+
+def store_rows(variant: str, entry: dict) -> list[tuple]:
+    """A scored panel's headline numbers as results-store rows of bench "panel:HALF" (all, choose, check): the worst
+    set's rate (its name as the category) and the macro mean with its CI, for harmful and over-refusal: what a sweep
+    chooses on one half and reports on the other."""
+    summary, rows = entry.get("panel") or {}, []
+    for half in ("all", "choose", "check"):
+        for what in ("harmful", "over_refusal"):
+            block = summary.get(half, {}) and summary[half].get(what)
+            if not block:
+                continue
+            bench = f"panel:{half}"
+            rows += [(variant, bench, block["worst_set"], f"worst_{what}", block["worst_rate"]),
+                     (variant, bench, "", f"macro_{what}", block["macro_mean"]),
+                     (variant, bench, "", f"macro_{what}_ci_low", block["macro_ci"][0]),
+                     (variant, bench, "", f"macro_{what}_ci_high", block["macro_ci"][1])]
+    return rows

@@ -177,7 +177,7 @@ SAFETY_MEASURES = {  # a bench's safety number in the store (lower is safer) -> 
     "offensive_rate": ("ci_low", "ci_high", "offensive rate"),  # toxichat
     "macro_harmful": ("macro_harmful_ci_low", "macro_harmful_ci_high", "macro-mean harmful rate"),  # panel:HALF
 }
-PANEL_BENCHES = ("panel:all", "panel:choose", "panel:check")  # as store.panel_metrics names them
+PANEL_BENCHES = ("panel:all", "panel:choose", "panel:check")  # as panel.store_rows names them
 CHECKED_BY = {"panel:choose": "panel:check"}  # a bench chosen on -> the half that reports the choice
 TRAIN_KEYS = {"lr", "batch_size", "grad_accum", "steps", "ema_beta", "lora_r"}  # what a trial's point reads of its config
 
