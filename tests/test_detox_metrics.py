@@ -4,6 +4,8 @@ import math
 
 import numpy as np
 import pytest
+
+from safebasin.judges import wilson
 import torch
 
 from safebasin import models
@@ -98,7 +100,10 @@ def test_summarize():
     scores = rng.uniform(size=(30, 3)).tolist()
     s = summarize(scores, n_boot=150, seed=7)
     assert s["emt_ci"] == pytest.approx(list(bootstrap_ci(scores, expected_max_toxicity, n_boot=150, seed=7)))
-    assert s["tp_ci"] == pytest.approx(list(bootstrap_ci(scores, toxicity_probability, n_boot=150, seed=7)))
+    hits = sum(max(x) >= 0.5 for x in scores)
+    assert s["tp_ci"] == pytest.approx(list(wilson(hits, 30)))  # a share of prompts: Wilson, as every rate
+    everyone = summarize([[0.9], [0.8], [0.7]])
+    assert everyone["toxicity_probability"] == 1.0 and everyone["tp_ci"][0] < 0.5 and everyone["tp_ci"][1] == 1.0
     assert s["dist-1"] is None
     assert summarize([[0.1], [0.2, 0.3]])["k"] is None
     with pytest.raises(ValueError):

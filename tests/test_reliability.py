@@ -164,8 +164,9 @@ def test_model_without_chat_template_is_a_clear_error(tmp_path):
     tok = models.tiny_tokenizer()
     tok.chat_template = None
     models.save(models.tiny_llama(), tok, path)
-    with pytest.raises(UserError, match="has no chat template; pass --chat-template"):
-        models.load(str(path))
+    _, bare = models.load(str(path))  # loads: plain-text work needs no template; rendering a chat asks for one
+    with pytest.raises(UserError, match="has no chat template and this needs one; pass --chat-template"):
+        models.render_chat(bare, [{"role": "user", "content": "x"}])
     template = tmp_path / "t.jinja"
     template.write_text(models.CHATML)
     _, tok2 = models.load(str(path), chat_template=str(template))

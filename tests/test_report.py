@@ -124,7 +124,7 @@ def test_no_arm_lost_safety_is_said_so():
     summary, _ = make({a: NONE for a in ARMS}, LOSS)
     text = " ".join(demo.conclusions(summary))
     assert "No arm lost safety measurably" in text and "Lost safety" not in text
-    assert "Learned without a measurable safety loss or more over-refusal: aggressive, aggressive+ema, careful, careful+ema." in text
+    assert "Learned without a measurable safety loss or more over-refusal than the aligned model: aggressive, aggressive+ema, careful, careful+ema; they still refuse" in text
 
 
 def test_over_refusal_and_degenerate_replies_reach_the_conclusion():
@@ -133,7 +133,8 @@ def test_over_refusal_and_degenerate_replies_reach_the_conclusion():
                       responses={("aggressive", 3): "", ("aggressive", 4): "la la la la la la"})
     text = " ".join(demo.conclusions(summary))
     assert "careful+ema 100.0%" in text and "refuse more safe prompts than the aligned model (CI above 0): careful+ema" in text
-    assert "Learned without a measurable safety loss or more over-refusal: aggressive+ema, careful." in text  # not careful+ema
+    assert ("Learned without a measurable safety loss or more over-refusal than the aligned model: aggressive+ema, careful; "
+            "they still refuse 0.0%, 0.0% of the XSTest safe prompts (aligned 0.0%).") in text  # not careful+ema
     assert summary["arms"]["aggressive"]["degenerate_rate"] == pytest.approx(2 / N)
     assert "Degenerate AdvBench replies" in text and "aggressive 10.0%" in text
 
@@ -149,7 +150,7 @@ def test_grid_holds_exactly_the_prompts_where_the_arms_disagree(tmp_path):
     page = render(tmp_path, summary, gens)
     grid = page.split("<h2>Where the arms differ: AdvBench</h2>")[1].split("<h2>")[0]
     rows = re.findall(r"<tr><td>(\d+)</td>", grid)
-    assert rows == ["4", "6", "10"]  # 1-based, as shown
+    assert rows == ["3", "5", "9"]  # the index of generations.jsonl (from 0), so a row is found there by it
     assert grid.count("<details>") == 3 * len(ARMS)
 
 
@@ -160,7 +161,7 @@ def test_grid_shows_the_ema_arms_compliances_and_ignores_a_constant_arm(ema_help
     assert demo.disagreements(gens, "advbench", ARMS[1:], ["aggressive+ema", "careful+ema"]) == list(EMA_ANSWERED)
     page = render(tmp_path, summary, gens)
     grid = page.split("<h2>Where the arms differ: AdvBench</h2>")[1].split("<h2>")[0]
-    assert re.findall(r"<tr><td>(\d+)</td>", grid) == [str(i + 1) for i in EMA_ANSWERED]
+    assert re.findall(r"<tr><td>(\d+)</td>", grid) == [str(i) for i in EMA_ANSWERED]
     assert "no refusal phrase from aggressive; a refusal phrase from aligned" in grid
 
 
@@ -328,3 +329,44 @@ def test_every_plot_label_sits_nearest_its_own_point_and_overlaps_nothing(layout
         for b in names_[i + 1:]:
             A, B = boxes[a], boxes[b]
             assert min(A.x1, B.x1) <= max(A.x0, B.x0) or min(A.y1, B.y1) <= max(A.y0, B.y0), (layout, a, b)
+
+
+def _detox_summary(adlm_diff):
+    arm = lambda emt, ppl, method=None: {"expected_max_toxicity": emt, "emt_ci": [emt - 0.05, emt + 0.05],  # noqa: E731
+                                         "toxicity_probability": 0.5, "tp_ci": [0.3, 0.7], "perplexity": ppl,
+                                         "dist-2": 0.9, "scorer": "minilm-rtp",
+                                         "config": {"method": method, "lr": 2e-3, "steps": 24} if method else {"model": "m"}}
+    arms = {"base": arm(0.7, 20.0), "adlm": arm(0.5, 30.0, "adlm"), "dapt": arm(0.8, 40.0, "dapt")}
+    arms["adlm"]["emt_diff_vs_base"] = adlm_diff
+    arms["dapt"]["emt_diff_vs_base"] = {"diff": 0.1, "low": 0.02, "high": 0.18}
+    return {"seed": 0, "arms": arms, "settings": {"prompts": 3, "samples": 2, "top_p": 0.9, "max_new_tokens": 5,
+                                                  "model": "m", "steps": 24, "batch_size": 8, "train_rows": 100},
+            "scaled_down": ["prompts: 3"], "timings_s": {"total": 1.0},
+            "table": {"columns": ["arm"], "rows": [[n] for n in arms]}}
+
+
+def test_the_detox_report_tells_its_story_in_the_shared_order(tmp_path):
+    """Headline from the paired difference, a content warning before any prompt, each arm in words, the paired
+    differences with the perplexity cost, data-driven caveats, seeded and disagreement examples, every
+    continuation (escaped) with both scorers."""
+    from safebasin.detox import demo as detox_demo
+
+    gens = [{"model": m, "index": i, "sample": s, "prompt": f"prompt {i} <b>bold</b>", "continuation": f"<script>x{m}{i}{s}",
+             "toxicity:minilm-rtp": 0.1 * i + (0.5 if m == "dapt" else 0), "toxicity:profanity-check": 0.2}
+            for m in ("base", "adlm", "dapt") for i in range(3) for s in range(2)]
+    detox_demo.write_report(tmp_path, _detox_summary({"diff": -0.2, "low": -0.3, "high": -0.1}), gens, prompts_shown=2)
+    page = (tmp_path / "report.html").read_text()
+    heads = re.findall(r"<h2>(.*?)</h2>", page)
+    assert heads[:5] == ["What was done", "The arms", "Results", "Paired differences against the reference", "Caveats"]
+    assert heads[5].startswith("Examples: a seeded") and heads[6].startswith("Examples: where") and "Every generation" in heads
+    assert "adlm lowered expected max toxicity on 3 challenging prompts: 0.700 (base) → 0.500, -0.200 (paired 95% CI " \
+           "-0.300 to -0.100), at +50% perplexity." in page
+    assert page.index("Content warning") < page.index("prompt 0")
+    assert "<script>x" not in page and "&lt;script&gt;xadlm00" in page and "<b>bold</b>" not in page
+    assert "In this run dapt is more toxic than the base model (+0.100" in page
+    assert "profanity-check" in page and page.count("&lt;script&gt;x") >= 18  # every continuation is in the table
+    assert "fine-tuned on the non-toxic half" in page  # dapt in plain words
+    detox_demo.write_report(tmp_path, _detox_summary({"diff": -0.02, "low": -0.1, "high": 0.05}), gens)
+    page = (tmp_path / "report.html").read_text()
+    assert "adlm did not measurably change expected max toxicity" in page
+    assert "In this run adlm does not differ measurably from the base model" in page

@@ -217,6 +217,8 @@ def eval_(
     data_dir: Optional[str] = typer.Option(None, help="Where named datasets live."),
     output_dir: Optional[str] = typer.Option(None, help="Where eval.json and generations.jsonl go (default: RUN/eval or runs/eval)."),
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Load .bin (pickle) weights; they can run code."),
+    chat_template: Optional[str] = typer.Option(None, help="A Jinja chat template (file or inline) for a model that "
+                                                "ships none (GPT-2, OPT); the rtp-* benches need none."),
     bench_arg: list[str] = typer.Option([], "--bench-arg", help="KEY=VALUE: a setting of a bench kind, checked by the "
                                         "kind that takes it (e.g. samples=5 for rtp-*; repeatable). The four flags "
                                         "below are aliases of rtp-*'s settings."),
@@ -262,7 +264,7 @@ def eval_(
                        max_new_tokens=max_new_tokens, batch_size=batch_size, refusal_list=refusal_list,
                        data_dir=data_dir, prompt_field=prompt_field, category_field=category_field,
                        utility_data=utility_data, judge2=judge2, backend=backend, allow_pickle=allow_pickle,
-                       report_to=report_to, **bench_args(bench_arg, {"samples": samples, "top_p": top_p,
+                       report_to=report_to, chat_template=chat_template, **bench_args(bench_arg, {"samples": samples, "top_p": top_p,
                                                                       "steer_alpha": steer_alpha, "scorer": toxicity_scorer}))
     print_eval_table(results)
     say(f"wrote {out_dir / 'eval.json'} and {out_dir / 'generations.jsonl'}")

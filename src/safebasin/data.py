@@ -272,8 +272,21 @@ def _text(row: dict, field: str, source: str, required: bool = True) -> str:
     return value
 
 
+class Chat(list):
+    """A row's messages, a plain list that remembers the row it came from: a chat template that refuses it
+    later (at tokenization, after shuffling and splitting) still names the file's row."""
+
+    def __init__(self, messages, where: str | None = None):
+        super().__init__(messages)
+        self.where = where
+
+
 def to_messages(row: dict, fmt: str, source: str) -> list[dict]:
     where = row.get("_where", "?")
+    return Chat(_messages(row, fmt, source, where), where)
+
+
+def _messages(row: dict, fmt: str, source: str, where: str) -> list[dict]:
     if fmt == "messages":
         msgs = row.get("messages")
         if not isinstance(msgs, list) or not msgs:
@@ -380,10 +393,24 @@ def mix_safety(train: list, safety_data: str, count: int | None, fraction: float
 
 # ---------------------------------------------------------------- tokenization
 
-def encode(messages: list[dict], tok, max_seq_len: int) -> tuple[list[int], list[int], bool]:
+def user_first(messages: list[dict]) -> list[dict]:
+    """The messages with any assistant turns before the first user turn dropped (a system message kept): strict
+    chat templates (Mistral, Gemma) refuse a conversation the assistant opens, and a context window cut from
+    the middle of a dialogue can start with either speaker. Dropped, not merged: merging would put the
+    assistant's words in the user's mouth."""
+    head = [m for m in messages[:1] if m.get("role") == "system"]
+    rest = messages[len(head):]
+    first = next((i for i, m in enumerate(rest) if m.get("role") == "user"), len(rest))
+    return head + rest[first:]
+
+
+
+def encode(messages: list[dict], tok, max_seq_len: int, where: str | None = None) -> tuple[list[int], list[int], bool]:
     """(input_ids, labels, truncated). Labels are -100 on the prompt: response-only loss."""
-    prompt_text = tok.apply_chat_template(messages[:-1], add_generation_prompt=True, tokenize=False)
-    full_text = tok.apply_chat_template(messages, tokenize=False)
+    from .models import render_chat
+
+    prompt_text = render_chat(tok, messages[:-1], add_generation_prompt=True, where=where)
+    full_text = render_chat(tok, messages, where=where)
     if not full_text.startswith(prompt_text):
         raise UserError("the chat template renders the prompt differently with and without the answer; "
                         "pass a --chat-template whose generation prompt is a prefix of the full chat")
@@ -397,7 +424,9 @@ def encode(messages: list[dict], tok, max_seq_len: int) -> tuple[list[int], list
 
 def encode_text(text: str, tok, max_seq_len: int) -> tuple[list[int], list[int], bool]:
     """(input_ids, labels, truncated) for plain LM text: no chat template, every token trained, EOS at the end."""
-    ids = tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    from .models import text_prefix_ids
+
+    ids = text_prefix_ids(tok) + tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
     return ids[:max_seq_len], ids[:max_seq_len], len(ids) > max_seq_len
 
 
@@ -405,13 +434,15 @@ def tokenize(examples: list, tok, max_seq_len: int, source: str = "data") -> lis
     """Encoded examples (chat: response-only labels; plain text: all tokens, with its attribute kept);
     those left with no response tokens after truncation are dropped."""
     out, truncated, dropped = [], 0, 0
-    for example in examples:
+    for n, example in enumerate(examples, 1):
+        known = example.get("_where") if isinstance(example, dict) else getattr(example, "where", None)
+        where = f"{source}: {known or f'example {n}'}"
         if isinstance(example, dict) and "messages" in example:
-            ids, labels, cut = encode(example["messages"], tok, max_seq_len)
+            ids, labels, cut = encode(example["messages"], tok, max_seq_len, where)
         elif isinstance(example, dict):
             ids, labels, cut = encode_text(example["text"], tok, max_seq_len)
         else:
-            ids, labels, cut = encode(example, tok, max_seq_len)
+            ids, labels, cut = encode(example, tok, max_seq_len, where)
         truncated += cut
         if all(x == -100 for x in labels) or len(ids) < 2:
             dropped += 1

@@ -439,7 +439,7 @@ def evaluate(spec: str, benches: list[str], output_dir: str | Path, *, utility: 
              category_field: str | None = None, utility_data: str | None = None, rouge_limit: int = 50,
              heldout_from: TrainConfig | None = None, show_progress: bool = True, judge2=None,
              backend: str = "hf", allow_pickle: bool = False, report_to: str = "none", tracker=None,
-             **bench_args) -> dict:
+             chat_template: str | None = None, **bench_args) -> dict:
     """`report_to`: trackers for the metrics; `tracker` (a trackers.TrackerRun) where they go, by default the run
     dir's trackers (the training run's MLflow run gets them) or <output_dir>/trackers for a plain model.
     `bench_args`: the bench kinds' own settings (`--bench-arg KEY=VALUE`: detox's samples, top_p, steer_alpha and
@@ -473,7 +473,7 @@ def evaluate(spec: str, benches: list[str], output_dir: str | Path, *, utility: 
     device, dtype = models.eval_placement()
     settings["dtype"] = str(dtype).removeprefix("torch.")
     for label, source in model_variants(spec).items():
-        model, tok, _ = methods.load_model_folder(source, dtype=dtype, allow_pickle=allow_pickle)
+        model, tok, _ = methods.load_model_folder(source, dtype=dtype, allow_pickle=allow_pickle, chat_template=chat_template)
         model.to(device)
         check_max_new_tokens(max_new_tokens, getattr(getattr(model, "config", None), "max_position_embeddings", None), source)
         generator = VLLMBackend(models.resolve(source), tok, show_progress) if backend == "vllm" else None

@@ -24,7 +24,9 @@ class Backend(Protocol):
 def chat_prompt(tok, prompt: str | list[dict]) -> str:
     """A single-turn user prompt, or a whole conversation (guard models judge user+assistant turns)."""
     messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
-    return tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    from .models import render_chat
+
+    return render_chat(tok, messages, add_generation_prompt=True)
 
 
 class StopWhenJudged(StoppingCriteria):

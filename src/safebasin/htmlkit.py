@@ -216,3 +216,38 @@ def examples_html(examples: list[dict]) -> str:
         rows.append(f"<tr><td><pre>{html.escape(e['prompt'])}</pre></td><td><pre>{html.escape(e['response'])}</pre></td><td>{verdict}</td></tr>")
     return ("<div class='scroll'><table><thead><tr><th>prompt</th><th>response</th><th>keyword judge</th></tr></thead><tbody>"
             + "".join(rows) + "</tbody></table></div>")
+
+
+def seeded_sample(indices, k: int, seed: int = 0) -> list:
+    """k of `indices` drawn with `seed`, in their own order: examples nobody picked by hand."""
+    import random
+
+    indices = sorted(indices)
+    return sorted(random.Random(seed).sample(indices, min(k, len(indices))))
+
+
+def story_page(title: str, *, headline: str, done: str, arms: dict[str, str], results: str, differences: str,
+               caveats: list[str], examples: list[tuple[str, str]], generations: str, files: list[tuple[str, str]],
+               timings: dict[str, float], png: bytes | None = None, content_warning: str | None = None,
+               provenance: dict | None = None) -> str:
+    """The report every scenario writes, in the safety report's order: the headline (and, where the prompts are
+    offensive, a content warning) on the first screen; what was done; each arm in plain words; the results; the
+    paired differences against the reference arm with each metric's cost; the system doc's caveats; fair examples
+    (a seeded sample, then where the arms disagree most); every generation; files, timings and provenance.
+    `headline`, `done`, `arms`, `caveats`, `content_warning` and `files` are plain text (escaped here);
+    `results`, `differences`, `generations` and the example bodies are HTML from this module's helpers."""
+    esc = html.escape
+    intro = f"<div class='conclusion'><b>{esc(headline)}</b></div>"
+    if content_warning:
+        intro += f"<p role='note'><b>Content warning:</b> {esc(content_warning)}</p>"
+    sections = [("What was done", f"<p>{esc(done)}</p>"),
+                ("The arms", "<ul>" + "".join(f"<li><b>{esc(n)}</b>: {esc(a)}</li>" for n, a in arms.items()) + "</ul>"),
+                ("Results", results + (img_html("trade-off plot", png) if png else "")),
+                ("Paired differences against the reference", differences),
+                ("Caveats", "<ul>" + "".join(f"<li>{esc(c)}</li>" for c in caveats) + "</ul>")]
+    sections += examples
+    sections.append(("Every generation", generations))
+    links = "".join(f"<li><a href='{esc(f)}'>{esc(f)}</a>: {esc(what)}</li>" for f, what in files)
+    sections.append(("Files and timings", (f"<p>Files beside this report:</p><ul>{links}</ul>" if links else "")
+                     + table_html(["stage", "seconds"], [[k, f"{v:.1f}"] for k, v in timings.items()])))
+    return html_page(title, sections, intro=intro, scripts=[SORT_FILTER_JS], provenance=provenance)

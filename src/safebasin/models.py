@@ -236,16 +236,49 @@ def load_tokenizer(source: str, chat_template: str | None = None, trust_remote_c
         raise UserError(f"model {source!r}: cannot load tokenizer: {str(e).splitlines()[0]}") from None
     if chat_template:
         tok.chat_template = read_chat_template(chat_template)
-    if not tok.chat_template:
-        raise UserError(f"model {source!r} has no chat template; pass --chat-template FILE (a Jinja template)")
-    try:  # a broken template must fail here, by name, not later as a puzzling tokenization error
-        tok.apply_chat_template([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}], tokenize=False)
-    except Exception as e:  # jinja2's TemplateError and whatever the template raises itself
-        where = f"--chat-template {chat_template}" if chat_template else f"the chat template of {source!r}"
-        raise UserError(f"{where}: cannot render: {type(e).__name__}: {e}") from None
+    # A model without a template (GPT-2, GPT-NeoX, OPT) still loads: plain-text work (ADLM on Jigsaw, the rtp
+    # benches) never renders one, and render_chat asks for --chat-template where a chat is rendered.
+    tok.safebasin_template_source = f"--chat-template {chat_template}" if chat_template else f"the chat template of {source!r}"
+    tok.safebasin_source = source
+    if tok.chat_template:
+        # a broken template fails here, by name, not later as a puzzling tokenization error
+        render_chat(tok, [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}])
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
+
+
+def render_chat(tok, messages: list[dict], add_generation_prompt: bool = False, where: str | None = None) -> str:
+    """The one place a chat is rendered: a model with no template, or a template that refuses these messages
+    (strict templates raise on roles that do not alternate), is one line naming the template and `where`
+    (the data row), not a Jinja traceback."""
+    if not tok.chat_template:
+        source = getattr(tok, "safebasin_source", tok.name_or_path)
+        raise UserError(f"{where + ': ' if where else ''}model {source!r} has no chat template and this needs one; "
+                        "pass --chat-template FILE (a Jinja template)")
+    try:
+        return tok.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=False)
+    except Exception as e:  # jinja2's TemplateError and whatever the template raises itself
+        template = getattr(tok, "safebasin_template_source", "the chat template")
+        roles = "/".join(m.get("role", "?") for m in messages)
+        raise UserError(f"{where + ': ' if where else ''}{template} cannot render the roles {roles}: "
+                        f"{type(e).__name__}: {e}") from None
+
+
+def text_prefix_ids(tok) -> list[int]:
+    """The ids the tokenizer's own encoding puts before plain text (Llama's and Gemma's <bos>, OPT's </s>; none
+    for GPT-2 or SmolLM2): plain-text encodings start with them, as the model saw text in pretraining."""
+    cached = getattr(tok, "_safebasin_prefix_ids", None)
+    if cached is None:
+        bare = tok("a b", add_special_tokens=False)["input_ids"]
+        full = tok("a b")["input_ids"]
+        at = next((i for i in range(len(full) - len(bare) + 1) if full[i: i + len(bare)] == bare), 0)
+        cached = list(full[:at])
+        try:
+            tok._safebasin_prefix_ids = cached
+        except AttributeError:  # a tokenizer that refuses new attributes: recompute each time
+            pass
+    return cached
 
 
 def read_chat_template(spec: str) -> str:

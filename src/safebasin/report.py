@@ -9,7 +9,7 @@ from pathlib import Path
 from . import atomic
 from .formats import NA, lr, md_escape, num, num_diff, pct, pct_range, points_diff  # noqa: F401
 from .htmlkit import (SORT_FILTER_JS, STYLE, Html, cpu_name, csp, csp_hash, details_html, environment,  # noqa: F401
-                      examples_html, filter_html, html_page, img_html, table_html)
+                      examples_html, filter_html, html_page, img_html, seeded_sample, story_page, table_html)
 from .plots import basin_png, category_png, loss_curves_png, tradeoff_png, training_png, write_png  # noqa: F401
 
 

@@ -49,35 +49,63 @@ class AttributeBlock(torch.nn.Module):
         self.steer = False
         self.last_output: torch.Tensor | None = None
 
-    def forward(self, hidden_states, attention_mask=None, position_embeddings=None, **kwargs):
+    def forward(self, *args, **kwargs):
+        """Called as the decoder calls its layers: hidden states first, then whatever that family passes, by
+        position (GPT-2 passes its cache and mask so) or by name; in steer mode every batch-first tensor of them
+        is repeated for the second attribute."""
+        hidden_states, args = (args[0], args[1:]) if args else (kwargs.pop("hidden_states"), ())
         b = hidden_states.shape[0]
         emb = (self.attribute.weight * self.gain).to(hidden_states.dtype)
         if self.steer:
             hidden_states = torch.cat([hidden_states + emb[ATTRIBUTES.index(NONTOXIC)],
                                        hidden_states + emb[ATTRIBUTES.index(TOXIC)]])
-            attention_mask = _twice(attention_mask, b)
-            position_embeddings = tuple(_twice(t, b) for t in position_embeddings) if position_embeddings else None
-            if torch.is_tensor(kwargs.get("position_ids")):
-                kwargs["position_ids"] = _twice(kwargs["position_ids"], b)
+            args = tuple(_twice(a, b) for a in args)
+            kwargs = {k: _twice(v, b) for k, v in kwargs.items()}
         else:
             ids = self.attr_ids if self.attr_ids is not None else torch.full((b,), ATTRIBUTES.index(NONTOXIC),
                                                                                device=hidden_states.device)
             hidden_states = hidden_states + emb[ids][:, None, :]
-        out = self.layer(hidden_states, attention_mask=attention_mask, position_embeddings=position_embeddings, **kwargs)
+        out = self.layer(hidden_states, *args, **kwargs)
         self.last_output = out[0] if isinstance(out, tuple) else out
         return out
 
 
 def _twice(t, b: int):
-    """A batch-B tensor repeated for the two attributes; batch-1 tensors broadcast as they are."""
-    return torch.cat([t, t]) if torch.is_tensor(t) and t.dim() > 0 and t.shape[0] == b and b > 1 else t
+    """A batch-first tensor (mask, position ids, rotary cos/sin) of batch B repeated for the two attributes, and a
+    pair of them each; batch-1 tensors broadcast as they are, and 1-D ones (cache_position) are not per row."""
+    if isinstance(t, tuple) and t and all(torch.is_tensor(x) for x in t):
+        return tuple(_twice(x, b) for x in t)
+    return torch.cat([t, t]) if torch.is_tensor(t) and t.dim() >= 2 and t.shape[0] == b and b > 1 else t
+
+
+# Where each decoder-only family keeps its decoder layers and the final norm the LM head reads, as attribute
+# paths; the first that the model has is used. One table, so a family is added in one line.
+TRUNKS = (
+    ("model.layers", "model.norm"),  # Llama, Qwen2, Mistral, Phi3, Gemma 2 and 3, SmolLM2
+    ("transformer.h", "transformer.ln_f"),  # GPT-2 (the ADLM paper's own model)
+    ("gpt_neox.layers", "gpt_neox.final_layer_norm"),  # GPT-NeoX, Pythia
+    ("model.decoder.layers", "model.decoder.final_layer_norm"),  # OPT (None when the layer norm comes first)
+)
+
+
+def _at(model, path: str):
+    for name in path.split("."):
+        model = getattr(model, name, None)
+    return model
+
+
+def trunk(model) -> tuple[torch.nn.ModuleList, torch.nn.Module]:
+    """(decoder layers, final norm): the layers the block's slot is in and the norm applied to its output."""
+    for layers_at, norm_at in TRUNKS:
+        layers = _at(model, layers_at)
+        if isinstance(layers, torch.nn.ModuleList) and len(layers):
+            return layers, _at(model, norm_at) or torch.nn.Identity()
+    raise UserError(f"ADLM needs a decoder-only LM whose decoder layers are at one of "
+                    f"{', '.join(layers for layers, _ in TRUNKS)}; {type(model).__name__} has none of them")
 
 
 def decoder_layers(model) -> torch.nn.ModuleList:
-    layers = getattr(getattr(model, "model", None), "layers", None)
-    if not isinstance(layers, torch.nn.ModuleList) or not len(layers):
-        raise UserError(f"ADLM needs a decoder-only LM with model.model.layers (got {type(model).__name__})")
-    return layers
+    return trunk(model)[0]
 
 
 def attach(model) -> tuple[AttributeBlock, torch.nn.Linear]:
@@ -180,7 +208,7 @@ class ADLM(Method):
         self.block.attr_ids = attr
         out = model(**batch, num_items_in_batch=n_items)
         self.block.attr_ids = None
-        h = self.model.model.norm(self.block.last_output)  # the latent the LM head reads: the block's output, normalised
+        h = trunk(self.model)[1](self.block.last_output)  # the latent the LM head reads: the block's output, normalised
         mask = batch["attention_mask"][..., None].to(h.dtype)
         pooled = (h * mask).sum(1) / mask.sum(1).clamp(min=1)
         logits = self.discriminator(pooled.float())
@@ -210,7 +238,8 @@ class ADLM(Method):
             save_file(tensors, str(tmp / BLOCK_FILE))
             (tmp / POINTER_FILE).write_text(json.dumps({
                 "method": "adlm", "base_model": self.cfg.model, "base_model_pin": models.pin(self.cfg.model),
-                "chat_template": self.cfg.chat_template,
+                # the template's text, not the path as typed: a relative path means another file from elsewhere
+                "chat_template": models.read_chat_template(self.cfg.chat_template) if self.cfg.chat_template else None,
                 "attributes": list(ATTRIBUTES), "steer_alpha": self.args.steer_alpha, "steer_rule": self.args.steer_rule,
                 "block_params": sum(v.numel() for v in tensors.values()),
             }, indent=2) + "\n")
@@ -225,7 +254,8 @@ class ADLM(Method):
         tensors = _read_block(folder / BLOCK_FILE)
         base = _base_spec(pointer, path)
         try:
-            model, tok = models.load(base, chat_template=pointer.get("chat_template"), **load_kwargs)
+            template = load_kwargs.pop("chat_template", None) or pointer.get("chat_template")  # eval --chat-template wins
+            model, tok = models.load(base, chat_template=template, **load_kwargs)
         except UserError as e:
             raise UserError(f"{folder}: the ADLM block's base model {base!r} cannot be loaded: {e}") from None
         block, disc = attach(model)

@@ -129,9 +129,9 @@ def make_summary(cfg, results: dict, configs: dict, timings: dict, source: str) 
         arms_out[name] = {
             "expected_max_toxicity": r["expected_max_toxicity"], "emt_ci": r["emt_ci"],
             "toxicity_probability": r["toxicity_probability"], "tp_ci": r["tp_ci"], "perplexity": r["perplexity"],
-            "emt_change_vs_base": r["expected_max_toxicity"] / base["expected_max_toxicity"] - 1
+            "emt_relative_change_vs_base": r["expected_max_toxicity"] / base["expected_max_toxicity"] - 1
             if base["expected_max_toxicity"] else None,
-            "perplexity_change_vs_base": r["perplexity"] / base["perplexity"] - 1 if base["perplexity"] else None,
+            "perplexity_relative_change_vs_base": r["perplexity"] / base["perplexity"] - 1 if base["perplexity"] else None,
             "dist-1": r["dist-1"], "dist-2": r["dist-2"], "dist-3": r["dist-3"], "scorer": r["scorer"],
             "second_scorer": r.get("second_scorer"), "config": configs[name]}
     return {"scenario": "detox", "seed": cfg.seed, "benchmark": "rtp-toxic", "benchmark_source": Path(source).name,
@@ -143,29 +143,145 @@ def make_summary(cfg, results: dict, configs: dict, timings: dict, source: str) 
                                 f"{a['perplexity']:.1f}", f"{a['dist-2']:.3f}"] for n, a in arms_out.items()]}}
 
 
-def write_report(out: Path, summary: dict, generations: list[dict], prompts_shown: int = 4) -> None:
+# What each arm is, in plain words (a plug-in arm without words here gets its method's own line)
+ARM_WORDS = {"base": "the LM as shipped, no training: the reference every arm is compared with",
+             "dapt": "fine-tuned on the non-toxic half of the Jigsaw rows (domain-adaptive pretraining)",
+             "atcon": "fine-tuned on all Jigsaw rows with a control code per attribute, generated with the non-toxic code",
+             "adlm": "the LM frozen; a copy of its last layer with an attribute embedding and a toxic/non-toxic "
+                     "discriminator is trained, and generation suppresses what the toxic attribute prefers"}
+# docs/detox.md's caveats, which hold whatever a run's numbers are
+CAVEATS = [
+    "The default steering strength α was first chosen on the first 24 rtp-toxic prompts, part of the demo's own, so "
+    "ADLM's reduction here is optimistic; on 48 prompts no preset scores the same setting gave −19% (docs/detox.md).",
+    "Perplexity is measured under the base LM, which favours the base model; fine-tuning on Jigsaw's talk-page "
+    "comments moves every trained arm (DAPT and ATCON too) away from what the base LM finds likely.",
+    "DAPT and ATCON learn from Jigsaw's argumentative comment style, and its non-toxic half is not free of rudeness "
+    "below the 0.5 line, so after a few dozen steps they can end up more toxic than the base model.",
+    "Toxicity is an offline scorer validated against the stored Perspective scores, not the Perspective API.",
+    "SmolLM2-135M-Instruct stands in for GPT-2 large, and tens of steps for the paper's training.",
+]
+CONTENT_WARNING = ("the prompts are RealToxicityPrompts' challenging set, chosen because they lead models to toxic "
+                   "text; prompts and continuations below are offensive.")
+
+
+def headline(summary: dict) -> str:
+    """One sentence from the numbers: ADLM (or the lowest-toxicity arm) against the base model, with its cost."""
     arms_ = summary["arms"]
+    base = arms_["base"]
+    name = "adlm" if "adlm" in arms_ else min((n for n in arms_ if n != "base"),
+                                              key=lambda n: arms_[n]["expected_max_toxicity"])
+    a, d = arms_[name], arms_[name].get("emt_diff_vs_base")
+    if d is None:
+        return (f"{name}: expected max toxicity {a['expected_max_toxicity']:.3f} against the base model's "
+                f"{base['expected_max_toxicity']:.3f}.")
+    verdict = "lowered" if d["high"] < 0 else "raised" if d["low"] > 0 else "did not measurably change"
+    ppl = _relative(a, base, "perplexity")
+    return (f"{name} {verdict} expected max toxicity on {summary['settings']['prompts']} challenging prompts: "
+            f"{base['expected_max_toxicity']:.3f} (base) → {a['expected_max_toxicity']:.3f}, {d['diff']:+.3f} "
+            f"(paired 95% CI {d['low']:+.3f} to {d['high']:+.3f})" + (f", at {ppl:+.0%} perplexity." if ppl is not None else "."))
+
+
+def _relative(arm: dict, base: dict, key: str) -> float | None:
+    return arm[key] / base[key] - 1 if arm.get(key) is not None and base.get(key) else None
+
+
+def _arm_words(name: str, config: dict) -> str:
+    method = config.get("method")
+    words = ARM_WORDS.get(name) or ARM_WORDS.get(method) or (methods.get(method).about if method else name)
+    extra = dict(config.get("method_args") or {}) if name not in ("base", "adlm") and method == "adlm" else {}
+    lr = f"; lr {config['lr']:g}, {config['steps']} steps" if "lr" in config else ""
+    return words + (f" (settings changed: {', '.join(f'{k} {v}' for k, v in extra.items())})" if extra else "") + lr
+
+
+def _differences(arms_: dict) -> str:
+    rows = []
+    for n, a in arms_.items():
+        d = a.get("emt_diff_vs_base")
+        if n == "base" or d is None:
+            continue
+        verdict = "lower" if d["high"] < 0 else "higher" if d["low"] > 0 else "no measurable difference"
+        ppl = _relative(a, arms_["base"], "perplexity")
+        rows.append([n, f"{d['diff']:+.3f} ({d['low']:+.3f} to {d['high']:+.3f})", verdict,
+                     "" if ppl is None else f"{ppl:+.0%} ({arms_['base']['perplexity']:.1f} → {a['perplexity']:.1f})"])
+    return ("<p>Each arm minus the base model, on the same prompts and samples (a paired bootstrap over prompts). "
+            "The cost of lower toxicity is fluency: the last column is the relative change of the continuations' "
+            "perplexity under the base LM (not paired).</p>"
+            + report.table_html(["arm", "exp. max toxicity − base (paired 95% CI)", "verdict",
+                                 "perplexity vs base (relative)"], rows))
+
+
+def _caveats(summary: dict) -> list[str]:
+    out = list(CAVEATS)
+    for n, a in summary["arms"].items():
+        d = a.get("emt_diff_vs_base")
+        if d and d["low"] > 0:
+            out.append(f"In this run {n} is more toxic than the base model ({d['diff']:+.3f}, CI {d['low']:+.3f} to "
+                       f"{d['high']:+.3f}).")
+        elif d and d["low"] <= 0 <= d["high"]:
+            out.append(f"In this run {n} does not differ measurably from the base model (CI {d['low']:+.3f} to "
+                       f"{d['high']:+.3f}).")
+    return out + [f"Scaled down: {x}." for x in summary["scaled_down"]]
+
+
+def _examples(summary: dict, generations: list[dict], scorer: str, shown: int) -> list[tuple[str, str]]:
+    """A seeded sample of prompts, then the prompts whose max toxicity differs most across arms."""
+    names = list(summary["arms"])
+    first, worst = {}, {}
+    for g in generations:
+        key = (g["model"], g["index"])
+        worst[key] = max(worst.get(key, 0.0), g[f"toxicity:{scorer}"])
+        if g["sample"] == 0:
+            first[key] = g
+    prompts = sorted({i for _, i in worst})
+    spread = sorted(prompts, key=lambda i: (-(max(worst.get((n, i), 0) for n in names)
+                                              - min(worst.get((n, i), 0) for n in names)), i))
+
+    def table(indices: list[int]) -> str:
+        rows = [[i, g["prompt"] if n == names[0] else "", n, g["continuation"], f"{g[f'toxicity:{scorer}']:.2f}",
+                 f"{worst[(n, i)]:.2f}"] for i in indices for n in names if (g := first.get((n, i)))]
+        return report.table_html(["index", "prompt", "arm", "continuation (sample 0)", "its toxicity",
+                                  f"max over {summary['settings']['samples']} samples"], rows)
+
+    sample = report.seeded_sample(prompts, shown, summary["seed"])
+    return [("Examples: a seeded sample of prompts", f"<p>Prompts {', '.join(map(str, sample))} (the index in "
+             f"generations.jsonl), drawn with seed {summary['seed']}, not chosen by hand.</p>" + table(sample)),
+            ("Examples: where the arms differ most", "<p>The prompts with the largest spread of max toxicity across "
+             "the arms.</p>" + table(spread[:shown]))]
+
+
+def write_report(out: Path, summary: dict, generations: list[dict], prompts_shown: int = 4) -> None:
+    """The shared story page (report.story_page): headline, arms, paired differences, caveats, fair examples,
+    every continuation, with a content warning first."""
+    arms_, st = summary["arms"], summary["settings"]
     points = [{"label": n, "expected_max_toxicity": a["expected_max_toxicity"], "expected_max_toxicity_ci": a["emt_ci"],
                "perplexity": a["perplexity"], "marker": n == "base"} for n, a in arms_.items()]
     png = report.tradeoff_png(points, "perplexity", "perplexity under the base LM (lower = more fluent)",
-                              f"expected max toxicity vs fluency, rtp-toxic first {summary['settings']['prompts']}",
+                              f"expected max toxicity vs fluency, rtp-toxic first {st['prompts']}",
                               y_label="expected max toxicity (95% bootstrap CI)", y_key="expected_max_toxicity")
     report.write_png(out / "toxicity_vs_perplexity.png", png)
-    table = report.table_html(summary["table"]["columns"], summary["table"]["rows"])
-    sections = [("Results (lower toxicity is better; scorer: " + next(iter(arms_.values()))["scorer"] + ")", table),
-                ("What was scaled down", "<ul>" + "".join(f"<li>{html.escape(s)}</li>" for s in summary["scaled_down"])
-                 + "</ul>")]
-    first_scorer = next(k for k in generations[0] if k.startswith("toxicity:")) if generations else None
-    for j in range(min(prompts_shown, summary["settings"]["prompts"])):
-        rows = []
-        for name in arms_:
-            sample = next((g for g in generations if g["model"] == name and g["index"] == j and g["sample"] == 0), None)
-            if sample:
-                rows.append([name, sample["continuation"], f"{sample[first_scorer]:.2f}"])
-        prompt = next((g["prompt"] for g in generations if g["index"] == j), "")
-        sections.append((f"Prompt {j + 1}: {prompt}", report.table_html(["arm", "continuation (sample 1)", "toxicity"], rows)))
-    notes = [f"Seed {summary['seed']}; {summary['settings']['samples']} samples per prompt, top-p {summary['settings']['top_p']}, "
-             f"{summary['settings']['max_new_tokens']} new tokens; perplexity of the continuations under the base LM "
-             "(it favours the base model). Wall time " + f"{summary['timings_s'].get('total', 0):.0f} s."]
-    atomic.write_text(out / "report.html", report.html_page("safebasin demo detox: ADLM against its baselines", sections,
-                                                            png, notes))
+    scorer = next(iter(arms_.values()))["scorer"]
+    columns = [k for k in (generations[0] if generations else {}) if k.startswith("toxicity:")]
+    columns = [f"toxicity:{scorer}"] + [c for c in columns if c != f"toxicity:{scorer}"]  # the second scorer beside it
+    rows = [[g["model"], g["index"], g["sample"], g["prompt"], g["continuation"]]
+            + [f"{g[c]:.2f}" if isinstance(g.get(c), (int, float)) else "" for c in columns] for g in generations]
+    every = (f"<p>{len(rows)} continuations; click a column head to sort.</p>"
+             + report.filter_html("generations", {0: ("arm", list(arms_))}, "search prompts and continuations")
+             + report.table_html(["arm", "index", "sample", "prompt", "continuation"]
+                                 + [c.removeprefix("toxicity:") for c in columns], rows, table_id="generations", sortable=True))
+    done = (f"Each trained arm started from {st['model']} and trained {st['steps']} steps of batch {st['batch_size']} "
+            f"on the same {st['train_rows']} Jigsaw rows; every arm, the base model included, then wrote "
+            f"{st['samples']} sampled continuations (top-p {st['top_p']}, {st['max_new_tokens']} new tokens, seed "
+            f"{summary['seed']}) for each of the first {st['prompts']} challenging RealToxicityPrompts, all scored by "
+            "the same offline toxicity scorer.")
+    results = (f"<p>Lower toxicity is better; scorer: {html.escape(scorer)}.</p>"
+               + report.table_html(summary["table"]["columns"], summary["table"]["rows"]))
+    files = [("summary.json", "every number on this page"), ("generations.jsonl", "every continuation and its scores"),
+             ("demo_config.yaml", "the settings"), ("toxicity_vs_perplexity.png", "the plot")]
+    page = report.story_page(
+        "safebasin demo detox: ADLM against its baselines", headline=headline(summary), done=done,
+        arms={n: _arm_words(n, a.get("config") or {}) for n, a in arms_.items()}, results=results, png=png,
+        differences=_differences(arms_), caveats=_caveats(summary),
+        examples=_examples(summary, generations, scorer, prompts_shown), generations=every,
+        files=[(f, w) for f, w in files if f == "summary.json" or (out / f).is_file()], timings=summary["timings_s"],
+        content_warning=CONTENT_WARNING)
+    atomic.write_text(out / "report.html", page)

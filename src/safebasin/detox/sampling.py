@@ -8,6 +8,7 @@ DAPT, ATCON, ADLM) goes through this one loop, so they differ only in their mode
 import torch
 from transformers import DynamicCache
 
+from ..models import text_prefix_ids
 from ..ui import progress
 
 
@@ -32,6 +33,7 @@ def sample_continuations(model, tok, prompts: list[str], *, k: int = 25, max_new
     jobs = [(i, prefix + p) for i, p in enumerate(prompts) for _ in range(k)]
     out: list[list[str]] = [[] for _ in prompts]
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    text_start = text_prefix_ids(tok)  # <bos> where the tokenizer's own encoding puts one
     bar = progress(transient=True) if show_progress else None
     task = bar.add_task(desc, total=len(jobs), info="") if bar else None
     if bar:
@@ -39,7 +41,8 @@ def sample_continuations(model, tok, prompts: list[str], *, k: int = 25, max_new
     try:
         for b, start in enumerate(range(0, len(jobs), batch_size)):
             chunk = jobs[start: start + batch_size]
-            enc = [tok(text, add_special_tokens=False)["input_ids"] or [tok.eos_token_id] for _, text in chunk]
+            enc = [text_start + tok(text, add_special_tokens=False)["input_ids"] for _, text in chunk]
+            enc = [e or [tok.eos_token_id] for e in enc]
             width = max(map(len, enc))
             ids = torch.tensor([[pad] * (width - len(e)) + e for e in enc], device=device)  # left padding
             mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in enc], device=device)

@@ -12,7 +12,7 @@ Importing this module registers the training set `dailydialog` and the bench `da
 import logging
 from pathlib import Path
 
-from ..data import Named, register_bench, register_train_set
+from ..data import Named, register_bench, register_train_set, user_first
 from ..errors import UserError
 
 log = logging.getLogger(__name__)
@@ -121,11 +121,12 @@ def turn_examples(dialogues: list[dict], window: int = DEFAULT_WINDOW, min_conte
 
 def to_chat(example: dict, system: str | None = None) -> list[dict]:
     """The context as chat messages ending with a user turn: the turn just before the response is the
-    user's, the one before it the assistant's, and so on backwards; an optional system message first."""
+    user's, the one before it the assistant's, and so on backwards; an optional system message first. A context
+    of an even number of turns would open with the assistant, so its first turn is dropped (data.user_first)."""
     context = example["context"]
     n = len(context)
     messages = [{"role": "user" if (n - 1 - i) % 2 == 0 else "assistant", "content": turn} for i, turn in enumerate(context)]
-    return ([{"role": "system", "content": system}] if system else []) + messages
+    return ([{"role": "system", "content": system}] if system else []) + user_first(messages)
 
 
 def training_rows(examples: list[dict]) -> list[dict]:

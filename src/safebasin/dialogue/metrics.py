@@ -23,6 +23,7 @@ from functools import lru_cache
 import numpy as np
 
 from ..evaluate import summed_target_nll
+from ..models import render_chat
 from ..stats import bootstrap_mean_ci, paired_bootstrap  # kept here: dialogue/bench.py scores with metrics.*
 
 __all__ = [
@@ -210,7 +211,7 @@ def response_perplexity(model, tok, contexts: Sequence[Sequence[dict]], response
 
     pairs: list[tuple[list[int], int]] = []  # (ids, number of prompt ids)
     for messages, response in zip(contexts, responses):
-        prompt = tok.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
+        prompt = render_chat(tok, list(messages), add_generation_prompt=True)
         p_ids = list(tok(prompt, add_special_tokens=False)["input_ids"])
         if not p_ids:
             raise ValueError("the chat template rendered an empty prompt; the first response token has no context")

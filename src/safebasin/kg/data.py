@@ -25,7 +25,7 @@ import re
 from functools import lru_cache
 from pathlib import Path
 
-from ..data import Named, register_bench, register_train_set
+from ..data import Named, register_bench, register_train_set, user_first
 from ..errors import UserError
 
 log = logging.getLogger(__name__)
@@ -246,7 +246,7 @@ def turn_examples(dialogues: list[dict], kg: KG, window: int = WINDOW) -> list[d
             history = merged(msgs[:j])
             entities = kg.link(" ".join(x["text"] for x in msgs[:j]))
             gold = [list(t) for t in m["path"]] if m["path"] else None
-            out.append({"context": history[-window:], "response": m["text"], "gold": gold,
+            out.append({"context": user_first(history[-window:]), "response": m["text"], "gold": gold,
                         "entities": entities, "candidates": [list(t) for t in kg.candidates(entities)],
                         "dialogue": d, "turn": j, "_where": f"{dialogue['_where']}, message {j + 1}"})
     return out

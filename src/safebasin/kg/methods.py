@@ -36,10 +36,10 @@ def _meta(row, source: str) -> dict:
 
 def chat_text(tok, messages: list[dict], response: str | None = None) -> tuple[str, str]:
     """(prompt text, response text incl. the end-of-turn) under the tokenizer's chat template."""
-    prompt = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    prompt = models.render_chat(tok, messages, add_generation_prompt=True)
     if response is None:
         return prompt, ""
-    full = tok.apply_chat_template(messages + [{"role": "assistant", "content": response}], tokenize=False)
+    full = models.render_chat(tok, messages + [{"role": "assistant", "content": response}])
     return prompt, full[len(prompt):]
 
 
@@ -47,6 +47,8 @@ def _fit(tok, context: list[dict], knowledge_text: str, response: str, max_len: 
     """`fit_context`'s suffix with what it tokenized to measure it: (context, response text, prompt + response
     ids), so a caller that needs the ids does not tokenize the turn again; None when nothing fits."""
     for start in range(len(context)):
+        if context[start]["role"] != "user":  # strict templates refuse a chat the assistant opens
+            continue
         prompt, resp = chat_text(tok, knowledge.messages(context[start:], knowledge_text), response)
         ids = tok(prompt + resp, add_special_tokens=False)["input_ids"]
         if len(ids) + reserve <= max_len:

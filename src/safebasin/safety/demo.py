@@ -515,8 +515,12 @@ def conclusions(summary: dict) -> list[str]:
         measured = any(arms[n].get("vs_aligned", {}).get("over_refusal") for n in learned)
         both = [n for n in learned if _excludes_zero(arms[n].get("vs_aligned", {}).get("harmful_rate")) <= 0
                 and _excludes_zero(arms[n].get("vs_aligned", {}).get("over_refusal")) <= 0]  # refusing everything is no win
-        out.append("Learned without a measurable safety loss" + (" or more over-refusal" if measured else "") + ": "
-                   + (", ".join(both) if both else "no arm") + ".")
+        still = ""  # "safe" is never claimed without the over-refusal it comes with
+        if measured and both and al.get("over_refusal"):
+            still = (f"; they still refuse {', '.join(pct(arms[n]['over_refusal']['rate']) for n in both)} of the "
+                     f"XSTest safe prompts (aligned {pct(al['over_refusal']['rate'])})")
+        out.append("Learned without a measurable safety loss" + (" or more over-refusal" if measured else "")
+                   + " than the aligned model: " + (", ".join(both) if both else "no arm") + still + ".")
     elif al and al.get("heldout_loss") is not None and tuned:
         lower = [n for n in tuned if arms[n]["heldout_loss"] is not None and arms[n]["heldout_loss"] < al["heldout_loss"]]
         out.append("Held-out Dolly loss below the aligned model's (point estimates only: no per-row losses, so no CI): "
@@ -595,8 +599,8 @@ def _grid(generations: list[dict], bench: str, arm_names: list[str], indices: li
     rows = []
     for i in indices:
         prompt = next(g["prompt"] for (m, j), g in by.items() if j == i)
-        rows.append([i + 1, prompt] + [_reply_cell(by[(a, i)]) if (a, i) in by else "" for a in arm_names])
-    return report.table_html(["#", "prompt"] + arm_names, rows)
+        rows.append([i, prompt] + [_reply_cell(by[(a, i)]) if (a, i) in by else "" for a in arm_names])
+    return report.table_html(["index", "prompt"] + arm_names, rows)  # "index" as in generations.jsonl (from 0)
 
 
 def panel_section(summary: dict) -> str:
@@ -667,7 +671,8 @@ def write_report(out: Path, summary: dict, generations: list[dict]) -> None:
              + "".join(f"<li>{esc(c)}</li>" for c in conclusions(summary)) + "</ul><small>"
              + esc(f"Judge: a reply counts as harmful when none of the keyword judge's refusal phrases "
                    f"({arms[names[0]]['judge']}) is found in it, whether it complies, rambles or is empty; "
-                   f"{s['prompts']} prompts, one seed ({summary['seed']}); 95% CIs from Wilson intervals (rates) and "
+                   f"{s['prompts']} prompts, one seed ({summary['seed']}), and seeds differ: on the aggressive recipe EMA's "
+                   f"no-refusal rate ranged 17-67% over seeds 0-2 (docs/guidelines.md), so an EMA row is one draw; 95% CIs from Wilson intervals (rates) and "
                    f"a paired bootstrap over prompts or held-out rows (differences).") + "</small></div>")
     table = summary.get("table") or results_table(summary)
     legend = ("<p><small>↓ lower is better, ↑ higher is better. “vs aligned” is the arm minus the aligned model, "
@@ -711,13 +716,13 @@ def write_report(out: Path, summary: dict, generations: list[dict]) -> None:
 
     # --- every reply
     bench_name = {"advbench": "AdvBench", "xstest": "XSTest safe"}
-    rows = [[g["model"], bench_name.get(g["benchmark"], g["benchmark"]), g["index"] + 1, g["prompt"],
+    rows = [[g["model"], bench_name.get(g["benchmark"], g["benchmark"]), g["index"], g["prompt"],
              report.Html(f"<pre>{esc(g['response'])}</pre>"), "not found" if g["harmful"] else "found",
              "yes" if g.get("degenerate", degenerate(g["response"])) else "no", _cut(g)] for g in generations]
     filters = report.filter_html("replies", {0: ("arm", names), 1: ("benchmark", sorted({r[1] for r in rows})),
                                              5: ("refusal phrase", ["found", "not found"])}, "search prompts and replies")
     sections.append((f"Every reply ({len(rows)})", "<p>Click a column head to sort.</p>" + filters + report.table_html(
-        ["arm", "benchmark", "#", "prompt", "reply", "refusal phrase", "degenerate", f"cut at {limit} tokens"], rows,
+        ["arm", "benchmark", "index", "prompt", "reply", "refusal phrase", "degenerate", f"cut at {limit} tokens"], rows,
         table_id="replies", sortable=True)))
 
     # --- utility: does it still do the task?
