@@ -180,12 +180,15 @@ def test_a_finished_summary_names_no_folder_of_this_machine(tmp_path, data_dir, 
     home = str(Path.home())
     summary = {"source": f"{data_dir.resolve()}/advbench/harmful_behaviors.csv",
                "configs": {"a": {"model": f"{tmp_path / 'cache'}/aligned/abc/run/model", "output_dir": str(tmp_path / "d" / "arm")}},
-               "note": f"trained in {tmp_path / 'd'}", "elsewhere": f"{home}/models/x", "plain": "a/b", "n": 3}
+               "note": f"trained in {tmp_path / 'd'}", "elsewhere": f"{home}/models/x", "plain": "a/b", "n": 3,
+               "beside": f"{tmp_path / 'd'}2/arm"}  # another folder whose name begins with the demo dir's
     demo_dir.finish(summary, lambda out, s, g: None)
     saved = json.loads((tmp_path / "d" / "summary.json").read_text())
+    portable_beside = f"{tmp_path / 'd'}2/arm".replace(home, "~", 1) if str(tmp_path).startswith(home) else f"{tmp_path / 'd'}2/arm"
     assert saved == {"source": "$SAFEBASIN_DATA_DIR/advbench/harmful_behaviors.csv",
                      "configs": {"a": {"model": "$SAFEBASIN_CACHE/aligned/abc/run/model", "output_dir": "arm"}},
-                     "note": "trained in .", "elsewhere": "~/models/x", "plain": "a/b", "n": 3}
+                     "note": "trained in .", "elsewhere": "~/models/x", "plain": "a/b", "n": 3,
+                     "beside": portable_beside}
 
 
 def test_the_demos_aligned_folder_is_real_and_survives_a_copy(tmp_path):

@@ -220,6 +220,7 @@ def portable(value, roots: dict[str, Path]):
         return value
     for label, root in sorted(roots.items(), key=lambda kv: -len(str(kv[1]))):
         r = str(root).rstrip("/")
-        if r and r != "/" and r in value:
-            value = value.replace(r + "/", f"{label}/" if label else "").replace(r, label or ".")
+        if r and r in value:  # the root itself, or a path below it; never a longer name it begins (/home/u2)
+            value = re.sub(re.escape(r) + r"(/|(?![\w.-]))",
+                           lambda m: (f"{label}/" if label else "") if m.group(1) else (label or "."), value)
     return value
