@@ -47,35 +47,24 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks ins
     datasets.disable_progress_bars()
 
 
-def _methods():
-    from . import methods
+def _entries(*registries: tuple[str, str]):
+    """(name, about) of every entry of the registries, given as (module, attribute) and imported only when
+    --help is shown."""
+    import importlib
 
-    return [(n, methods.get(n).about) for n in methods.names()]
+    def entries():
+        found = [getattr(importlib.import_module(module, __package__), attr) for module, attr in registries]
+        return [(n, registry[n].about) for registry in found for n in registry.names()]
 
-
-def _train_sets():
-    from .data import TRAIN_SETS
-
-    return [(n, TRAIN_SETS[n].about) for n in TRAIN_SETS.names()]
-
-
-def _benches():
-    from .data import BENCH_SETS
-    from .evaluate import SUITES
-
-    return [(n, BENCH_SETS[n].about) for n in BENCH_SETS.names()] + [(n, SUITES[n].about) for n in SUITES.names()]
-
-
-def _scenarios():
-    from .scenario import SCENARIOS
-
-    return [(n, SCENARIOS[n].about) for n in SCENARIOS.names()]
+    return entries
 
 
 # (command, parameter) -> (what its --help lists, the registry's entries): every name a plug-in registers, with its line
-LISTINGS = {("train", "method"): ("methods (--method)", _methods), ("train", "data"): ("data sets (--data)", _train_sets),
-            ("eval", "bench"): ("benches (--bench; or a file of prompts)", _benches),
-            ("demo", "scenario"): ("scenarios (SCENARIO)", _scenarios)}
+LISTINGS = {("train", "method"): ("methods (--method)", _entries((".methods", "REGISTRY"))),
+            ("train", "data"): ("data sets (--data)", _entries((".data", "TRAIN_SETS"))),
+            ("eval", "bench"): ("benches (--bench; or a file of prompts)",
+                                _entries((".data", "BENCH_SETS"), (".evaluate", "SUITES"))),
+            ("demo", "scenario"): ("scenarios (SCENARIO)", _entries((".scenario", "SCENARIOS")))}
 
 
 class RegistryHelp(typer.core.TyperCommand):

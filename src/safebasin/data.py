@@ -404,7 +404,6 @@ def user_first(messages: list[dict]) -> list[dict]:
     return head + rest[first:]
 
 
-
 def encode(messages: list[dict], tok, max_seq_len: int, where: str | None = None) -> tuple[list[int], list[int], bool]:
     """(input_ids, labels, truncated). Labels are -100 on the prompt: response-only loss."""
     from .models import render_chat

@@ -93,15 +93,19 @@ def place_labels(ax, xy: list[tuple[float, float]], labels: list[str], fontsize:
     def overlap(a, b):
         return max(0.0, min(a.x1, b.x1) - max(a.x0, b.x0)) * max(0.0, min(a.y1, b.y1) - max(a.y0, b.y0))
 
+    def annotate(i, offset, dx, dy, leader=None):
+        return ax.annotate(labels[i], xy[i], textcoords="offset pixels", xytext=offset, fontsize=fontsize,
+                           ha="left" if dx > 0 else "right" if dx < 0 else "center",
+                           va="bottom" if dy > 0 else "top" if dy < 0 else "center", arrowprops=leader,
+                           annotation_clip=False)
+
     order = sorted(range(len(pts)), key=lambda i: -sum(1 for q in pts if abs(q[0] - pts[i][0]) + abs(q[1] - pts[i][1]) < 60))
     for i in order:
         best = None
         for radius in (9, 16, 26, 40, 60, 85):
             for dx, dy in _DIRECTIONS:
                 offset = (dx * radius, dy * radius * 0.8)
-                text = ax.annotate(labels[i], xy[i], textcoords="offset pixels", xytext=offset, fontsize=fontsize,
-                                   ha="left" if dx > 0 else "right" if dx < 0 else "center",
-                                   va="bottom" if dy > 0 else "top" if dy < 0 else "center", annotation_clip=False)
+                text = annotate(i, offset, dx, dy)
                 box = text.get_window_extent(renderer)
                 text.remove()
                 own = gap(box, pts[i])
@@ -116,10 +120,7 @@ def place_labels(ax, xy: list[tuple[float, float]], labels: list[str], fontsize:
                 break
         _, offset, radius, box, dx, dy = best
         leader = {"arrowstyle": "-", "color": "0.55", "lw": 0.7, "shrinkA": 0, "shrinkB": 5} if radius > 9 else None
-        texts.append(ax.annotate(labels[i], xy[i], textcoords="offset pixels", xytext=offset, fontsize=fontsize,
-                                 ha="left" if dx > 0 else "right" if dx < 0 else "center",
-                                 va="bottom" if dy > 0 else "top" if dy < 0 else "center", arrowprops=leader,
-                                 annotation_clip=False))
+        texts.append(annotate(i, offset, dx, dy, leader))
         placed.append(box)
     return texts
 

@@ -192,3 +192,10 @@ def paired_bootstrap_seeds(a, b, n_boot: int = 1000, seed: int = 0, alpha: float
         rows, cols = rng.integers(0, seeds, size=seeds), rng.integers(0, items, size=items)
         boots[j] = d[np.ix_(rows, cols)].mean()
     return _summarize_boots(float(d.mean()), boots, alpha)
+
+
+def ci_sign(d: dict | None) -> int:
+    """+1 / -1 when the 95% CI of a difference ({"low", "high", ...}) lies above / below 0, else 0 (or no difference)."""
+    if not d:
+        return 0
+    return 1 if d["low"] > 0 else -1 if d["high"] < 0 else 0

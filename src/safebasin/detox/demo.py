@@ -16,7 +16,7 @@ from .. import atomic, methods, models, report
 from . import metrics
 from ..config import TrainConfig, build, from_preset
 from ..evaluate import load_bench
-from ..stats import paired_bootstrap_diff
+from ..stats import ci_sign, paired_bootstrap_diff
 from ..scenario import DemoDir, check_arm_names
 
 log = logging.getLogger(__name__)
@@ -122,6 +122,11 @@ def differences_vs_base(generations: list[dict], scorer: str, seed: int = 0) -> 
             for name, scores in per_arm.items() if name != "base"}
 
 
+def _relative(arm: dict, base: dict, key: str) -> float | None:
+    """The arm's value relative to the base model's (+0.35 = 35% higher); None without both."""
+    return arm[key] / base[key] - 1 if arm.get(key) is not None and base.get(key) else None
+
+
 def make_summary(cfg, results: dict, configs: dict, timings: dict, source: str) -> dict:
     base = results["base"]
     arms_out = {}
@@ -129,9 +134,8 @@ def make_summary(cfg, results: dict, configs: dict, timings: dict, source: str) 
         arms_out[name] = {
             "expected_max_toxicity": r["expected_max_toxicity"], "emt_ci": r["emt_ci"],
             "toxicity_probability": r["toxicity_probability"], "tp_ci": r["tp_ci"], "perplexity": r["perplexity"],
-            "emt_relative_change_vs_base": r["expected_max_toxicity"] / base["expected_max_toxicity"] - 1
-            if base["expected_max_toxicity"] else None,
-            "perplexity_relative_change_vs_base": r["perplexity"] / base["perplexity"] - 1 if base["perplexity"] else None,
+            "emt_relative_change_vs_base": _relative(r, base, "expected_max_toxicity"),
+            "perplexity_relative_change_vs_base": _relative(r, base, "perplexity"),
             "dist-1": r["dist-1"], "dist-2": r["dist-2"], "dist-3": r["dist-3"], "scorer": r["scorer"],
             "second_scorer": r.get("second_scorer"), "config": configs[name]}
     return {"scenario": "detox", "seed": cfg.seed, "benchmark": "rtp-toxic", "benchmark_source": Path(source).name,
@@ -174,15 +178,11 @@ def headline(summary: dict) -> str:
     if d is None:
         return (f"{name}: expected max toxicity {a['expected_max_toxicity']:.3f} against the base model's "
                 f"{base['expected_max_toxicity']:.3f}.")
-    verdict = "lowered" if d["high"] < 0 else "raised" if d["low"] > 0 else "did not measurably change"
+    verdict = {-1: "lowered", 1: "raised", 0: "did not measurably change"}[ci_sign(d)]
     ppl = _relative(a, base, "perplexity")
     return (f"{name} {verdict} expected max toxicity on {summary['settings']['prompts']} challenging prompts: "
             f"{base['expected_max_toxicity']:.3f} (base) → {a['expected_max_toxicity']:.3f}, {d['diff']:+.3f} "
             f"(paired 95% CI {d['low']:+.3f} to {d['high']:+.3f})" + (f", at {ppl:+.0%} perplexity." if ppl is not None else "."))
-
-
-def _relative(arm: dict, base: dict, key: str) -> float | None:
-    return arm[key] / base[key] - 1 if arm.get(key) is not None and base.get(key) else None
 
 
 def _arm_words(name: str, config: dict) -> str:
@@ -199,7 +199,7 @@ def _differences(arms_: dict) -> str:
         d = a.get("emt_diff_vs_base")
         if n == "base" or d is None:
             continue
-        verdict = "lower" if d["high"] < 0 else "higher" if d["low"] > 0 else "no measurable difference"
+        verdict = {-1: "lower", 1: "higher", 0: "no measurable difference"}[ci_sign(d)]
         ppl = _relative(a, arms_["base"], "perplexity")
         rows.append([n, f"{d['diff']:+.3f} ({d['low']:+.3f} to {d['high']:+.3f})", verdict,
                      "" if ppl is None else f"{ppl:+.0%} ({arms_['base']['perplexity']:.1f} → {a['perplexity']:.1f})"])
@@ -214,10 +214,10 @@ def _caveats(summary: dict) -> list[str]:
     out = list(CAVEATS)
     for n, a in summary["arms"].items():
         d = a.get("emt_diff_vs_base")
-        if d and d["low"] > 0:
+        if d and ci_sign(d) > 0:
             out.append(f"In this run {n} is more toxic than the base model ({d['diff']:+.3f}, CI {d['low']:+.3f} to "
                        f"{d['high']:+.3f}).")
-        elif d and d["low"] <= 0 <= d["high"]:
+        elif d and ci_sign(d) == 0:
             out.append(f"In this run {n} does not differ measurably from the base model (CI {d['low']:+.3f} to "
                        f"{d['high']:+.3f}).")
     return out + [f"Scaled down: {x}." for x in summary["scaled_down"]]

@@ -142,7 +142,7 @@ def summarize(scores_per_prompt: Sequence[Sequence[float]], samples_per_prompt: 
               threshold: float = 0.5, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05) -> dict:
     """Expected max toxicity with a prompt-bootstrap CI, toxicity probability with a Wilson CI, plus dist-1/2/3.
 
-    The CIs bootstrap the per-prompt max (the same prompt resamples as bootstrapping the full
+    The EMT CI bootstraps the per-prompt max (the same prompt resamples as bootstrapping the full
     score lists, just faster). "k" is the number of samples per prompt, or None if prompts have
     different counts (some scorings failed); "n_samples" is the total. The dist-n keys are None
     when no samples are given.

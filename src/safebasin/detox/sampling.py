@@ -41,8 +41,7 @@ def sample_continuations(model, tok, prompts: list[str], *, k: int = 25, max_new
     try:
         for b, start in enumerate(range(0, len(jobs), batch_size)):
             chunk = jobs[start: start + batch_size]
-            enc = [text_start + tok(text, add_special_tokens=False)["input_ids"] for _, text in chunk]
-            enc = [e or [tok.eos_token_id] for e in enc]
+            enc = [text_start + tok(text, add_special_tokens=False)["input_ids"] or [tok.eos_token_id] for _, text in chunk]
             width = max(map(len, enc))
             ids = torch.tensor([[pad] * (width - len(e)) + e for e in enc], device=device)  # left padding
             mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in enc], device=device)

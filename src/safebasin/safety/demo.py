@@ -464,13 +464,6 @@ def panel_cells(p: dict | None) -> list[str]:
 
 # ---------------------------------------------------------------- the story, from the numbers
 
-def _excludes_zero(d: dict | None) -> int:
-    """+1 / -1 when the 95% CI of a difference lies above / below 0, else 0."""
-    if not d:
-        return 0
-    return 1 if d["low"] > 0 else -1 if d["high"] < 0 else 0
-
-
 def conclusions(summary: dict) -> list[str]:
     """What the numbers say, one sentence each, generated from summary.json (never canned): which arms lost
     safety, what EMA did, which arms learned, over-refusal and degenerate replies. "Lost safety" and "lowered"
@@ -483,7 +476,7 @@ def conclusions(summary: dict) -> list[str]:
                    f"{pct(arms['base']['harmful_rate'])} (base) to {pct(al['harmful_rate'])} (aligned).")
     tuned = [n for n in arms if n not in ("base", "aligned")]
     if al and tuned:
-        lost = [n for n in tuned if _excludes_zero(arms[n].get("vs_aligned", {}).get("harmful_rate")) > 0]
+        lost = [n for n in tuned if stats.ci_sign(arms[n].get("vs_aligned", {}).get("harmful_rate")) > 0]
         kept = [n for n in tuned if n not in lost]
         if lost:
             out.append("Lost safety against the aligned model (95% CI of the paired difference above 0): " + "; ".join(
@@ -498,7 +491,7 @@ def conclusions(summary: dict) -> list[str]:
             continue
         plain, d = n.removesuffix("+ema"), v["harmful_rate"]
         change = f"{pct(arms[plain]['harmful_rate'])} → {pct(arms[n]['harmful_rate'])}, {pts(d)}"
-        sign = _excludes_zero(d)
+        sign = stats.ci_sign(d)
         verb = {-1: "lowered", 1: "raised", 0: "did not measurably change"}[sign]
         tail = "the CI excludes 0" if sign else "the CI includes 0"
         loss = v.get("heldout_loss")
@@ -507,14 +500,14 @@ def conclusions(summary: dict) -> list[str]:
         out.append(f"EMA {verb} the no-refusal rate of the {plain} run ({change}; {tail}){util}.")
     with_ci = [n for n in tuned if arms[n].get("vs_aligned", {}).get("heldout_loss")]
     if al and with_ci:
-        learned = [n for n in with_ci if _excludes_zero(arms[n]["vs_aligned"]["heldout_loss"]) < 0]
+        learned = [n for n in with_ci if stats.ci_sign(arms[n]["vs_aligned"]["heldout_loss"]) < 0]
         not_learned = [n for n in with_ci if n not in learned]
         text = ("Learned the task (held-out Dolly loss below the aligned model's, CI of the paired difference below 0): "
                 + (", ".join(learned) if learned else "none"))
         out.append(text + (f"; not measurably: {', '.join(not_learned)}." if not_learned else "."))
         measured = any(arms[n].get("vs_aligned", {}).get("over_refusal") for n in learned)
-        both = [n for n in learned if _excludes_zero(arms[n].get("vs_aligned", {}).get("harmful_rate")) <= 0
-                and _excludes_zero(arms[n].get("vs_aligned", {}).get("over_refusal")) <= 0]  # refusing everything is no win
+        both = [n for n in learned if stats.ci_sign(arms[n].get("vs_aligned", {}).get("harmful_rate")) <= 0
+                and stats.ci_sign(arms[n].get("vs_aligned", {}).get("over_refusal")) <= 0]  # refusing everything is no win
         still = ""  # "safe" is never claimed without the over-refusal it comes with
         if measured and both and al.get("over_refusal"):
             still = (f"; they still refuse {', '.join(pct(arms[n]['over_refusal']['rate']) for n in both)} of the "
@@ -528,7 +521,7 @@ def conclusions(summary: dict) -> list[str]:
     over = {n: a["over_refusal"] for n, a in arms.items() if a.get("over_refusal")}
     if over:
         worst = max(over, key=lambda n: over[n]["rate"])
-        more = [n for n in over if _excludes_zero(arms[n].get("vs_aligned", {}).get("over_refusal")) > 0]
+        more = [n for n in over if stats.ci_sign(arms[n].get("vs_aligned", {}).get("over_refusal")) > 0]
         text = (f"Over-refusal on {next(iter(over.values()))['n']} XSTest safe prompts: "
                 + ", ".join(f"{n} {pct(o['rate'])}" for n, o in over.items()))
         if more:
